@@ -1,0 +1,225 @@
+//! The [`Backend`] trait: one method per kernel, each implemented in the contract's order by every
+//! backend. Tensors are flat, typed device buffers; shapes travel with the call.
+
+use crate::{Error, Result};
+
+/// Element type of a tensor. Activations are f32; weights and the KV cache are bf16 (held as
+/// their 16 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    Bf16,
+}
+
+/// A backend's tensor: a flat buffer of `len` elements of one [`DType`].
+pub trait Tensor {
+    fn len(&self) -> usize;
+    fn dtype(&self) -> DType;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `[m, k]` activations times `[n, k]` weights gives `[m, n]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulShape {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+/// Rotary tables on the device: `cos` and `sin`, f32 `[positions, head_dim / 2]`, made with
+/// [`ditto_shaders::contract::rope_tables`].
+pub struct RopeTables<T> {
+    pub cos: T,
+    pub sin: T,
+    pub positions: usize,
+    pub half_dim: usize,
+}
+
+/// The shape of attention over a paged KV cache.
+///
+/// The K and V caches are bf16 `[pages * page_size, kv_heads, head_dim]`. Position `p` of a
+/// sequence lives in slot `block_table[seq.block_table_start + p / page_size] * page_size +
+/// p % page_size`. Query head `h` reads KV head `h / (heads / kv_heads)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnGeometry {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub page_size: usize,
+    /// Multiplies every q·k score (usually 1/√head_dim, rounded to f32 on the host).
+    pub scale: f32,
+}
+
+/// One sequence of an attention call: `q_len` consecutive queries, rows `q_start..q_start +
+/// q_len` of the query tensor, at absolute positions `ctx_len..ctx_len + q_len`. The query at
+/// position t attends to positions `0..=t`, which must already be in the cache.
+/// Decode is `q_len == 1`; prefill is `ctx_len == 0`; chunked prefill continues a cached prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnSeq {
+    pub q_start: usize,
+    pub q_len: usize,
+    pub ctx_len: usize,
+    pub block_table_start: usize,
+}
+
+/// The kernels of ditto. Every method computes exactly the order of the contract
+/// ([`ditto_shaders::contract`]), so every backend returns the same bits for the same inputs,
+/// whatever the batch shape.
+pub trait Backend {
+    type Tensor: Tensor;
+
+    /// A one-line description: backend and adapter.
+    fn describe(&self) -> String;
+
+    fn upload_f32(&self, data: &[f32]) -> Result<Self::Tensor>;
+    /// Uploads bf16 values given as their bits.
+    fn upload_bf16(&self, bits: &[u16]) -> Result<Self::Tensor>;
+    fn zeros(&self, dtype: DType, len: usize) -> Result<Self::Tensor>;
+    fn download_f32(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
+    fn download_bf16(&self, t: &Self::Tensor) -> Result<Vec<u16>>;
+
+    /// Rows `ids` of the bf16 `[vocab, dim]` table, as f32 `[ids.len(), dim]`.
+    fn embedding(&self, table: &Self::Tensor, ids: &[u32], dim: usize) -> Result<Self::Tensor>;
+
+    /// RMSNorm of each row of f32 `[rows, dim]` with bf16 weight `[dim]`
+    /// ([`ditto_shaders::contract::rms_norm_row`]).
+    fn rms_norm(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<Self::Tensor>;
+
+    /// f32 `[m, k]` (rounded to bf16 on the fly) times bf16 `[n, k]` weights, giving `[m, n]` in
+    /// `out` precision ([`ditto_shaders::contract::dot_bf16`] per output).
+    fn matmul(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        shape: MatmulShape,
+        out: DType,
+    ) -> Result<Self::Tensor>;
+
+    /// Rotary embedding of f32 `[tokens, heads, head_dim]`, token i at `positions[i]`
+    /// ([`ditto_shaders::contract::rope_head`]).
+    fn rope(
+        &self,
+        x: &Self::Tensor,
+        positions: &[u32],
+        tables: &RopeTables<Self::Tensor>,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Self::Tensor>;
+
+    /// `silu(gate) · up`, elementwise, f32.
+    fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// `a + b`, elementwise, f32 (the residual connection).
+    fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// `x[r][i] + bias[i]` for f32 `x` `[rows, n]` and bf16 `bias` `[n]` (Qwen2's q/k/v bias).
+    fn add_bias(
+        &self,
+        x: &Self::Tensor,
+        bias: &Self::Tensor,
+        rows: usize,
+        n: usize,
+    ) -> Result<Self::Tensor>;
+
+    /// Writes f32 rows `k[i]`, `v[i]` (each `kv_heads * head_dim` long), rounded to bf16, into
+    /// slot `slots[i]` of the caches.
+    fn write_kv(
+        &self,
+        k_cache: &mut Self::Tensor,
+        v_cache: &mut Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        slots: &[u32],
+        row_len: usize,
+    ) -> Result<()>;
+
+    /// Causal attention of f32 queries `[rows, heads, head_dim]` (rounded to bf16 on the fly)
+    /// over the paged caches, for a batch of sequences; f32 `[rows, heads, head_dim]` out
+    /// ([`ditto_shaders::contract::attention_query`] per query and head).
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k_cache: &Self::Tensor,
+        v_cache: &Self::Tensor,
+        seqs: &[AttnSeq],
+        block_table: &[u32],
+        geometry: AttnGeometry,
+    ) -> Result<Self::Tensor>;
+
+    /// Greedy argmax of each row of f32 `[rows, vocab]`: lowest index of the largest value.
+    fn argmax(&self, logits: &Self::Tensor, rows: usize, vocab: usize) -> Result<Vec<u32>>;
+}
+
+/// Checks that a tensor has the dtype and length a kernel expects: a wrong call is an error, not
+/// a silent read out of bounds.
+pub fn expect_tensor<T: Tensor>(t: &T, what: &str, dtype: DType, len: usize) -> Result<()> {
+    if t.dtype() != dtype || t.len() != len {
+        return Err(Error::Input(format!(
+            "{what}: expected {dtype:?} tensor of {len} elements, got {:?} of {}",
+            t.dtype(),
+            t.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an attention call's sequences against the query rows, the block table and the
+/// cache size, so that no kernel reads out of bounds.
+pub fn check_attention(
+    q_len: usize,
+    cache_len: usize,
+    seqs: &[AttnSeq],
+    block_table: &[u32],
+    g: &AttnGeometry,
+) -> Result<usize> {
+    if g.heads == 0 || g.kv_heads == 0 || g.heads % g.kv_heads != 0 {
+        return Err(Error::Input(format!(
+            "attention: {} heads cannot share {} KV heads",
+            g.heads, g.kv_heads
+        )));
+    }
+    if g.head_dim == 0 || g.page_size == 0 {
+        return Err(Error::Input("attention: zero head_dim or page_size".into()));
+    }
+    let row = g.heads * g.head_dim;
+    if q_len % row != 0 {
+        return Err(Error::Input(format!(
+            "attention: query of {q_len} elements is not a whole number of {row}-element rows"
+        )));
+    }
+    let rows = q_len / row;
+    let pages = cache_len / (g.page_size * g.kv_heads * g.head_dim);
+    for s in seqs {
+        if s.q_start + s.q_len > rows {
+            return Err(Error::Input(format!(
+                "attention: sequence rows {}..{} past {rows} query rows",
+                s.q_start,
+                s.q_start + s.q_len
+            )));
+        }
+        let positions = s.ctx_len + s.q_len;
+        let needed = positions.div_ceil(g.page_size);
+        let table = block_table
+            .get(s.block_table_start..s.block_table_start + needed)
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "attention: block table too short for {positions} positions"
+                ))
+            })?;
+        if let Some(p) = table.iter().find(|&&p| p as usize >= pages) {
+            return Err(Error::Input(format!(
+                "attention: page {p} past the cache's {pages} pages"
+            )));
+        }
+    }
+    Ok(rows)
+}

@@ -1,0 +1,12 @@
+//! The engine of ditto: the [`Backend`] trait with its `cpu` and `wgpu` implementations.
+//!
+//! Every backend implements the numerics contract of [`ditto_shaders::contract`]; the `cpu`
+//! backend is that contract as plain Rust and the reference the others are tested against.
+
+pub mod backend;
+pub mod cpu;
+pub mod error;
+// pub mod wgpu;
+
+pub use backend::{AttnGeometry, AttnSeq, Backend, DType, MatmulShape, RopeTables};
+pub use error::{Error, Result};

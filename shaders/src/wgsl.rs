@@ -1,0 +1,88 @@
+//! Assembly of WGSL sources: generated constants, then `numerics.wgsl`, then the kernel.
+
+use crate::contract::*;
+use std::fmt::Write;
+
+/// The primitives every kernel uses; see `numerics.wgsl`.
+pub const NUMERICS: &str = include_str!("../numerics.wgsl");
+
+/// Every WGSL kernel, by name. Each is compiled as `constants() + NUMERICS + source`.
+pub const KERNELS: &[(&str, &str)] = &[("numerics_probe", include_str!("../numerics_probe.wgsl"))];
+
+/// The source of kernel `name`, ready for the shader compiler. Panics on an unknown name, which
+/// is a programming error caught by the unit tests.
+pub fn source(name: &str) -> String {
+    let kernel = KERNELS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no WGSL kernel named {name}"))
+        .1;
+    format!("{}{}{}", constants(), NUMERICS, kernel)
+}
+
+/// WGSL declarations of the contract's constants, generated from [`crate::contract`]. Floats are
+/// written by Rust's shortest round-trip formatting, so the compiled constant has the same bits.
+pub fn constants() -> String {
+    let mut s = String::from("// Generated from shaders/src/contract.rs.\n");
+    let u = |s: &mut String, name: &str, v: u32| {
+        writeln!(s, "const {name}: u32 = {v}u;").unwrap();
+    };
+    u(&mut s, "CONTRACT_VERSION", CONTRACT_VERSION);
+    u(&mut s, "DOT_CHUNK", DOT_CHUNK as u32);
+    u(&mut s, "ATTN_BLOCK", ATTN_BLOCK as u32);
+    u(&mut s, "BF16_MIN_EXPONENT_FIELD", BF16_MIN_EXPONENT_FIELD);
+    u(&mut s, "CANONICAL_NAN", CANONICAL_NAN);
+    u(&mut s, "RSQRT_MAGIC", RSQRT_MAGIC);
+    let f = |s: &mut String, name: &str, v: f32| {
+        writeln!(s, "const {name}: f32 = {};", wgsl_f32(v)).unwrap();
+    };
+    f(&mut s, "EXP_LOG2E", EXP_LOG2E);
+    f(&mut s, "EXP_LN2_HI", EXP_LN2_HI);
+    f(&mut s, "EXP_LN2_LO", EXP_LN2_LO);
+    f(&mut s, "EXP_MAX_INPUT", EXP_MAX_INPUT);
+    f(&mut s, "EXP_MIN_INPUT", EXP_MIN_INPUT);
+    for (i, c) in EXP_TAYLOR.iter().enumerate() {
+        f(&mut s, &format!("EXP_TAYLOR_{i}"), *c);
+    }
+    f(&mut s, "RECIP_SEED_A", RECIP_SEED_A);
+    f(&mut s, "RECIP_SEED_B", RECIP_SEED_B);
+    s
+}
+
+/// A finite f32 as a WGSL literal that parses back to the same bits.
+pub fn wgsl_f32(v: f32) -> String {
+    assert!(v.is_finite(), "WGSL has no literal for {v}");
+    format!("{v:e}f")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_validates_with_naga() {
+        for (name, _) in KERNELS {
+            let src = source(name);
+            let module = naga::front::wgsl::parse_str(&src)
+                .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+            naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::empty(),
+            )
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+        }
+    }
+
+    #[test]
+    fn float_literals_round_trip() {
+        for v in EXP_TAYLOR
+            .iter()
+            .chain(&[EXP_LOG2E, EXP_LN2_HI, EXP_LN2_LO, RECIP_SEED_A])
+        {
+            let lit = wgsl_f32(*v);
+            let parsed: f32 = lit.trim_end_matches('f').parse().unwrap();
+            assert_eq!(parsed.to_bits(), v.to_bits(), "{lit}");
+        }
+    }
+}
