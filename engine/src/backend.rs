@@ -11,6 +11,18 @@ pub enum DType {
     Bf16,
 }
 
+/// Which kernels a backend runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KernelMode {
+    /// The numerics contract: the same bits at every batch size and on every backend.
+    #[default]
+    Invariant,
+    /// The fastest kernels the backend would use without the contract (cuBLAS, split-K GEMV,
+    /// split-KV attention whose split follows the batch): for honest comparisons of speed and of
+    /// determinism. Never slowed or perturbed on purpose.
+    Default,
+}
+
 /// A backend's tensor: a flat buffer of `len` elements of one [`DType`].
 pub trait Tensor {
     fn len(&self) -> usize;

@@ -6,7 +6,9 @@
 pub mod backend;
 pub mod cpu;
 pub mod error;
-// pub mod wgpu;
+pub mod loader;
+pub mod tokenizer;
+// The wgpu backend arrives with its own module: pub mod wgpu;
 
-pub use backend::{AttnGeometry, AttnSeq, Backend, DType, MatmulShape, RopeTables};
+pub use backend::{AttnGeometry, AttnSeq, Backend, DType, KernelMode, MatmulShape, RopeTables};
 pub use error::{Error, Result};
