@@ -4,22 +4,9 @@
 
 mod common;
 
-use common::{assert_bits, ok, Rng};
+use common::{assert_bits, ok, reference_matmul, Rng};
 use ditto::engine::{Backend, DType, MatmulShape, RopeTables};
 use ditto::shaders::contract;
-
-/// Reference matmul: each output is `dot_bf16` of a bf16-rounded row of x and a row of w.
-pub fn reference_matmul(x: &[f32], w: &[u16], m: usize, n: usize, k: usize) -> Vec<f32> {
-    let xr: Vec<f32> = x.iter().map(|&v| contract::round_bf16(v)).collect();
-    let wf: Vec<f32> = w.iter().map(|&b| contract::bf16_to_f32(b)).collect();
-    let mut out = vec![0.0; m * n];
-    for i in 0..m {
-        for j in 0..n {
-            out[i * n + j] = contract::dot_bf16(&xr[i * k..(i + 1) * k], &wf[j * k..(j + 1) * k]);
-        }
-    }
-    out
-}
 
 /// Activations with a sprinkling of values that round to zero, ±0 and large magnitudes, so the
 /// flush-to-zero and sign-of-zero paths are exercised.
@@ -82,14 +69,20 @@ fn embedding<B: Backend>(b: &B) {
         let mut ids: Vec<u32> = (0..11).map(|_| rng.below(vocab) as u32).collect();
         ids.extend([0, vocab as u32 - 1]);
         let t = ok("table", b.upload_bf16(&table));
-        let got = ok("download", b.download_f32(&ok("embedding", b.embedding(&t, &ids, dim))));
+        let got = ok(
+            "download",
+            b.download_f32(&ok("embedding", b.embedding(&t, &ids, dim))),
+        );
         let want: Vec<f32> = ids
             .iter()
             .flat_map(|&id| &table[id as usize * dim..(id as usize + 1) * dim])
             .map(|&v| contract::bf16_to_f32(v))
             .collect();
         assert_bits(&format!("embedding {vocab}×{dim}"), &got, &want);
-        assert!(b.embedding(&t, &[vocab as u32], dim).is_err(), "id past vocab");
+        assert!(
+            b.embedding(&t, &[vocab as u32], dim).is_err(),
+            "id past vocab"
+        );
     }
 }
 
@@ -110,7 +103,11 @@ fn rms_norm<B: Backend>(b: &B) {
         }
         let (tx, tw) = (ok("x", b.upload_f32(&x)), ok("w", b.upload_bf16(&w)));
         let got = ok("rms_norm", b.rms_norm(&tx, &tw, rows, dim, eps));
-        assert_bits(&format!("rms_norm dim {dim}"), &ok("dl", b.download_f32(&got)), &want);
+        assert_bits(
+            &format!("rms_norm dim {dim}"),
+            &ok("dl", b.download_f32(&got)),
+            &want,
+        );
     }
 }
 
@@ -124,10 +121,15 @@ fn rope<B: Backend>(b: &B) {
             .collect();
         let (cos, sin) = contract::rope_tables(&inv_freq, table_positions);
         let x = activations(&mut rng, tokens * heads * head_dim);
-        let positions: Vec<u32> = (0..tokens).map(|_| rng.below(table_positions) as u32).collect();
+        let positions: Vec<u32> = (0..tokens)
+            .map(|_| rng.below(table_positions) as u32)
+            .collect();
         let mut want = vec![0.0; x.len()];
         for (t, &p) in positions.iter().enumerate() {
-            let (c, s) = (&cos[p as usize * half..][..half], &sin[p as usize * half..][..half]);
+            let (c, s) = (
+                &cos[p as usize * half..][..half],
+                &sin[p as usize * half..][..half],
+            );
             for h in 0..heads {
                 let at = (t * heads + h) * head_dim;
                 contract::rope_head(&x[at..at + head_dim], c, s, &mut want[at..at + head_dim]);
@@ -141,8 +143,14 @@ fn rope<B: Backend>(b: &B) {
         };
         let tx = ok("x", b.upload_f32(&x));
         let got = ok("rope", b.rope(&tx, &positions, &tables, heads, head_dim));
-        assert_bits(&format!("rope d{head_dim}"), &ok("dl", b.download_f32(&got)), &want);
-        assert!(b.rope(&tx, &[table_positions as u32; 6], &tables, heads, head_dim).is_err());
+        assert_bits(
+            &format!("rope d{head_dim}"),
+            &ok("dl", b.download_f32(&got)),
+            &want,
+        );
+        assert!(b
+            .rope(&tx, &[table_positions as u32; 6], &tables, heads, head_dim)
+            .is_err());
     }
 }
 
@@ -164,10 +172,18 @@ fn elementwise<B: Backend>(b: &B) {
             .map(|(&g, &u)| contract::mul_rn(contract::silu(g), u))
             .collect();
         let got = ok("silu_mul", b.silu_mul(&tg, &tu));
-        assert_bits(&format!("silu_mul {len}"), &ok("dl", b.download_f32(&got)), &want);
+        assert_bits(
+            &format!("silu_mul {len}"),
+            &ok("dl", b.download_f32(&got)),
+            &want,
+        );
         let want: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| g + u).collect();
         let got = ok("add", b.add(&tg, &tu));
-        assert_bits(&format!("add {len}"), &ok("dl", b.download_f32(&got)), &want);
+        assert_bits(
+            &format!("add {len}"),
+            &ok("dl", b.download_f32(&got)),
+            &want,
+        );
     }
     for (rows, n) in [(3, 7), (2, 257), (5, 1)] {
         let x = activations(&mut rng, rows * n);
@@ -179,7 +195,11 @@ fn elementwise<B: Backend>(b: &B) {
             .collect();
         let (tx, tb) = (ok("x", b.upload_f32(&x)), ok("b", b.upload_bf16(&bias)));
         let got = ok("add_bias", b.add_bias(&tx, &tb, rows, n));
-        assert_bits(&format!("add_bias {rows}×{n}"), &ok("dl", b.download_f32(&got)), &want);
+        assert_bits(
+            &format!("add_bias {rows}×{n}"),
+            &ok("dl", b.download_f32(&got)),
+            &want,
+        );
     }
 }
 
@@ -190,8 +210,15 @@ fn two_dimensional_grid<B: Backend>(b: &B) {
     let a = rng.f32s(len, 1.0);
     let c: Vec<f32> = (0..len).map(|i| i as f32).collect();
     let want: Vec<f32> = a.iter().zip(&c).map(|(&x, &y)| x + y).collect();
-    let got = ok("add", b.add(&ok("a", b.upload_f32(&a)), &ok("c", b.upload_f32(&c))));
-    assert_bits("add over a 2-D grid", &ok("dl", b.download_f32(&got)), &want);
+    let got = ok(
+        "add",
+        b.add(&ok("a", b.upload_f32(&a)), &ok("c", b.upload_f32(&c))),
+    );
+    assert_bits(
+        "add over a 2-D grid",
+        &ok("dl", b.download_f32(&got)),
+        &want,
+    );
 }
 
 fn write_kv<B: Backend>(b: &B) {
@@ -205,7 +232,10 @@ fn write_kv<B: Backend>(b: &B) {
     let k = activations(&mut rng, slots.len() * row_len);
     let v = activations(&mut rng, slots.len() * row_len);
     let (tk, tv) = (ok("k", b.upload_f32(&k)), ok("v", b.upload_f32(&v)));
-    ok("write_kv", b.write_kv(&mut kc, &mut vc, &tk, &tv, &slots, row_len));
+    ok(
+        "write_kv",
+        b.write_kv(&mut kc, &mut vc, &tk, &tv, &slots, row_len),
+    );
     let (mut k_want, mut v_want) = (k_init, v_init);
     for (i, &s) in slots.iter().enumerate() {
         for e in 0..row_len {
@@ -216,7 +246,11 @@ fn write_kv<B: Backend>(b: &B) {
     assert_bits("k cache", &ok("dl", b.download_bf16(&kc)), &k_want);
     assert_bits("v cache", &ok("dl", b.download_bf16(&vc)), &v_want);
     let one = ok("k", b.upload_f32(&k[..row_len]));
-    assert!(b.write_kv(&mut kc, &mut vc, &one, &one, &[20], row_len).is_err(), "slot past cache");
+    assert!(
+        b.write_kv(&mut kc, &mut vc, &one, &one, &[20], row_len)
+            .is_err(),
+        "slot past cache"
+    );
 }
 
 fn argmax<B: Backend>(b: &B) {
@@ -248,9 +282,17 @@ fn uploads_round_trip<B: Backend>(b: &B) {
     let mut rng = Rng::new(9);
     for n in [0, 1, 2, 3, 1001] {
         let f = rng.f32s(n, 5.0);
-        assert_bits("f32", &ok("dl", b.download_f32(&ok("up", b.upload_f32(&f)))), &f);
+        assert_bits(
+            "f32",
+            &ok("dl", b.download_f32(&ok("up", b.upload_f32(&f)))),
+            &f,
+        );
         let h = rng.bf16s(n, 5.0);
-        assert_bits("bf16", &ok("dl", b.download_bf16(&ok("up", b.upload_bf16(&h)))), &h);
+        assert_bits(
+            "bf16",
+            &ok("dl", b.download_bf16(&ok("up", b.upload_bf16(&h)))),
+            &h,
+        );
         let z = ok("zeros", b.zeros(DType::Bf16, n));
         assert_bits("zeros", &ok("dl", b.download_bf16(&z)), &vec![0u16; n]);
         assert!(b.download_f32(&z).is_err(), "dtype checked");

@@ -118,10 +118,7 @@ pub fn wgpu_backend() -> Option<&'static WgpuBackend> {
     static WGPU: OnceLock<Result<WgpuBackend, String>> = OnceLock::new();
     let opened = WGPU.get_or_init(|| {
         WgpuBackend::new(KernelMode::Invariant)
-            .map(|b| {
-                eprintln!("wgpu tests run on: {}", b.describe());
-                b
-            })
+            .inspect(|b| eprintln!("wgpu tests run on: {}", b.describe()))
             .map_err(|e| e.to_string())
     });
     match opened {
@@ -156,6 +153,19 @@ macro_rules! backend_tests {
             )*
         }
     };
+}
+
+/// Reference matmul: each output is `dot_bf16` of a bf16-rounded row of x and a row of w.
+pub fn reference_matmul(x: &[f32], w: &[u16], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let xr: Vec<f32> = x.iter().map(|&v| contract::round_bf16(v)).collect();
+    let wf: Vec<f32> = w.iter().map(|&b| contract::bf16_to_f32(b)).collect();
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            out[i * n + j] = contract::dot_bf16(&xr[i * k..(i + 1) * k], &wf[j * k..(j + 1) * k]);
+        }
+    }
+    out
 }
 
 /// Uploads, runs and downloads in one line, panicking with context on an error value.

@@ -12,8 +12,8 @@
 //! - Kernels are queued in order on one queue; only downloads wait for the device.
 
 use crate::backend::{
-    check_attention, expect_tensor, AttnGeometry, AttnSeq, Backend, DType, KernelMode,
-    MatmulShape, RopeTables, Tensor,
+    check_attention, expect_tensor, AttnGeometry, AttnSeq, Backend, DType, KernelMode, MatmulShape,
+    RopeTables, Tensor,
 };
 use crate::{Error, Result};
 use ditto_shaders::{contract, wgsl, ProbeOp};
@@ -65,7 +65,7 @@ fn summarize(adapter: &wgpu::Adapter) -> AdapterSummary {
         driver: info.driver,
         driver_info: info.driver_info,
         max_buffer_size: limits.max_buffer_size,
-        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
         max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
         max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
         max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
@@ -193,10 +193,11 @@ impl WgpuBackend {
         }
         let (ta, tb) = (self.upload_f32(a)?, self.upload_f32(b)?);
         let out = self.buffer(a.len() as u64 * 4, "probe output")?;
-        self.run(
+        // ProbeParams is { op, len, opaque_zero, _pad }: laid out by the caller.
+        self.run_words(
             "numerics_probe",
             "main",
-            &[op as u32, a.len() as u32, 0],
+            &[op as u32, u32_of(a.len(), "probe")?, 0, 0],
             &[(1, &ta.buffer), (2, &tb.buffer), (3, &out)],
             self.groups(a.len().div_ceil(ELEMENTWISE_THREADS))?,
             true,
@@ -290,7 +291,7 @@ impl WgpuBackend {
         let limit = self
             .limits
             .max_buffer_size
-            .min(self.limits.max_storage_buffer_binding_size as u64);
+            .min(self.limits.max_storage_buffer_binding_size);
         if size > limit {
             return Err(Error::Device(format!(
                 "{what}: {size} bytes do not fit one storage binding of {} (at most {limit} bytes)",
@@ -334,8 +335,25 @@ impl WgpuBackend {
     }
 
     /// Queues one dispatch of `kernel::entry` with parameters `params` (after the leading
-    /// `opaque_zero`) and storage buffers at the given bindings. `wait` blocks until it is done.
+    /// `opaque_zero`, which every kernel's parameter block starts with) and storage buffers at
+    /// the given bindings. `wait` blocks until it is done.
     fn run(
+        &self,
+        kernel: &'static str,
+        entry: &'static str,
+        params: &[u32],
+        buffers: &[(u32, &wgpu::Buffer)],
+        groups: (u32, u32),
+        wait: bool,
+    ) -> Result<()> {
+        let mut words = Vec::with_capacity(params.len() + 1);
+        words.push(0u32);
+        words.extend_from_slice(params);
+        self.run_words(kernel, entry, &words, buffers, groups, wait)
+    }
+
+    /// [`Self::run`] with the whole parameter block given, `opaque_zero` included.
+    fn run_words(
         &self,
         kernel: &'static str,
         entry: &'static str,
@@ -348,10 +366,8 @@ impl WgpuBackend {
             return Ok(());
         }
         let pipeline = self.pipeline(kernel, entry)?;
-        // opaque_zero first; the block padded to 16-byte multiples as uniforms require.
-        let mut words = Vec::with_capacity(params.len() + 4);
-        words.push(0u32);
-        words.extend_from_slice(params);
+        // Padded to a 16-byte multiple, as uniform blocks require.
+        let mut words = params.to_vec();
         words.resize(words.len().div_ceil(4).max(1) * 4, 0);
         let uniform = self
             .device
@@ -452,7 +468,8 @@ impl WgpuBackend {
 
 /// A size as the u32 the kernels index with, or an error if it does not fit.
 fn u32_of(v: usize, what: &str) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::Device(format!("{what}: {v} exceeds the kernels' u32 range")))
+    u32::try_from(v)
+        .map_err(|_| Error::Device(format!("{what}: {v} exceeds the kernels' u32 range")))
 }
 
 fn expect_dtype(t: &WgpuTensor, what: &str, dtype: DType) -> Result<()> {
@@ -518,7 +535,7 @@ impl Backend for WgpuBackend {
 
     fn embedding(&self, table: &WgpuTensor, ids: &[u32], dim: usize) -> Result<WgpuTensor> {
         expect_dtype(table, "embedding table", DType::Bf16)?;
-        let vocab = if dim == 0 { 0 } else { table.len / dim };
+        let vocab = table.len.checked_div(dim).unwrap_or(0);
         if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
             return Err(Error::Input(format!(
                 "token id {id} is outside the vocabulary of {vocab}"
@@ -739,7 +756,7 @@ impl Backend for WgpuBackend {
         if slots.is_empty() || row_len == 0 {
             return Ok(());
         }
-        if row_len % 2 != 0 {
+        if !row_len.is_multiple_of(2) {
             // Two rows would share a u32 word, which two threads would then both write.
             return Err(Error::Unsupported(format!(
                 "write_kv: odd KV row length {row_len} (kv_heads · head_dim must be even)"
