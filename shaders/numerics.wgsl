@@ -145,3 +145,11 @@ fn contract_silu(x: f32) -> f32 {
 fn max_step(m: f32, x: f32) -> f32 {
     return select(m, x, x > m);
 }
+
+// The step that combines chunk partials (contract::combine_chunk_partials): ascending chunk
+// order, `total + partial`, from +0.0. Every kernel combines its chunk partials only through this
+// function, so a later contract (a fixed tree over K segments) changes one place. The sum passes
+// through `opaque` so that a driver cannot reassociate it with the next chunk's.
+fn combine_chunk_partials(total: f32, partial: f32) -> f32 {
+    return opaque(total + partial);
+}

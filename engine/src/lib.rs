@@ -8,7 +8,7 @@ pub mod cpu;
 pub mod error;
 pub mod loader;
 pub mod tokenizer;
-// The wgpu backend arrives with its own module: pub mod wgpu;
+pub mod wgpu;
 
 pub use backend::{AttnGeometry, AttnSeq, Backend, DType, KernelMode, MatmulShape, RopeTables};
 pub use error::{Error, Result};

@@ -7,7 +7,17 @@ use std::fmt::Write;
 pub const NUMERICS: &str = include_str!("../numerics.wgsl");
 
 /// Every WGSL kernel, by name. Each is compiled as `constants() + NUMERICS + source`.
-pub const KERNELS: &[(&str, &str)] = &[("numerics_probe", include_str!("../numerics_probe.wgsl"))];
+pub const KERNELS: &[(&str, &str)] = &[
+    ("numerics_probe", include_str!("../numerics_probe.wgsl")),
+    ("embedding", include_str!("../embedding.wgsl")),
+    ("rms_norm", include_str!("../rms_norm.wgsl")),
+    ("matmul", include_str!("../matmul.wgsl")),
+    ("rope", include_str!("../rope.wgsl")),
+    ("elementwise", include_str!("../elementwise.wgsl")),
+    ("kv_write", include_str!("../kv_write.wgsl")),
+    ("attention", include_str!("../attention.wgsl")),
+    ("argmax", include_str!("../argmax.wgsl")),
+];
 
 /// The source of kernel `name`, ready for the shader compiler. Panics on an unknown name, which
 /// is a programming error caught by the unit tests.

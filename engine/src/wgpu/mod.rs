@@ -1,0 +1,881 @@
+//! The `wgpu` backend: the numerics contract as WGSL compute kernels (`shaders/*.wgsl`), run on
+//! Vulkan, Metal, DX12 or a CPU Vulkan driver such as lavapipe.
+//!
+//! Design notes:
+//! - A tensor is a storage buffer plus its element count and type. f32 tensors hold one value per
+//!   4 bytes; bf16 tensors hold two values per u32 (element 2w in the low half of word w), with
+//!   the last word's high half zero when the length is odd.
+//! - Each kernel is compiled once per backend, on first use, and kept ([`WgpuBackend::pipeline`]).
+//! - Every kernel receives a uniform parameter block whose first word is `opaque_zero`, a zero
+//!   the shader compiler cannot see (numerics.wgsl explains why).
+//! - Index arrays (token ids, positions, slots, block tables) are uploaded per call.
+//! - Kernels are queued in order on one queue; only downloads wait for the device.
+
+use crate::backend::{
+    check_attention, expect_tensor, AttnGeometry, AttnSeq, Backend, DType, KernelMode, MatmulShape,
+    RopeTables, Tensor,
+};
+use crate::{Error, Result};
+use ditto_shaders::{contract, wgsl, ProbeOp};
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc, Mutex};
+use wgpu::util::DeviceExt;
+
+/// A tensor in device memory.
+#[derive(Clone, Debug)]
+pub struct WgpuTensor {
+    buffer: Arc<wgpu::Buffer>,
+    len: usize,
+    dtype: DType,
+}
+
+impl Tensor for WgpuTensor {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
+/// One adapter as `ditto devices` would list it: what it is and the limits that bound the
+/// tensors it can hold.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub max_buffer_size: u64,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_storage_buffers_per_shader_stage: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+}
+
+fn summarize(adapter: &wgpu::Adapter) -> AdapterSummary {
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    AdapterSummary {
+        name: info.name,
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: info.driver,
+        driver_info: info.driver_info,
+        max_buffer_size: limits.max_buffer_size,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+        max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+        max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+        max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+        max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+    }
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::all(),
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    })
+}
+
+/// Preference among adapters: a real GPU first, then a virtual one, then a CPU driver.
+fn rank(device_type: wgpu::DeviceType) -> u32 {
+    match device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+/// Every adapter wgpu can see, in the order [`WgpuBackend::new`] prefers them.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    sorted_adapters(&instance()).iter().map(summarize).collect()
+}
+
+fn sorted_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    // Stable sort: among equals, wgpu's own order is kept.
+    adapters.sort_by_key(|a| rank(a.get_info().device_type));
+    adapters
+}
+
+/// Workgroup size of the one-thread-per-element kernels (embedding, rope, elementwise, kv_write).
+const ELEMENTWISE_THREADS: usize = 256;
+/// Rows up to which `matmul` uses the GEMV kernel (`GEMV_ROWS` in matmul.wgsl).
+const GEMV_MAX_ROWS: usize = 8;
+/// Output tile side of the GEMM kernel (`TILE` in matmul.wgsl).
+const GEMM_TILE: usize = 32;
+/// Largest head_dim the attention kernel's shared arrays hold (`MAX_HEAD_DIM`).
+const MAX_HEAD_DIM: usize = 256;
+/// Marks a query row that no sequence of an attention call covers (`UNUSED_ROW`).
+const UNUSED_ROW: u32 = u32::MAX;
+
+/// The wgpu backend. See the module documentation.
+pub struct WgpuBackend {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
+}
+
+impl WgpuBackend {
+    /// Opens the preferred adapter (discrete GPU, integrated GPU, virtual GPU, then a CPU driver
+    /// such as lavapipe) with all of its limits.
+    pub fn new(mode: KernelMode) -> Result<Self> {
+        Self::open(mode, None)
+    }
+
+    /// Opens adapter `index` of [`list_adapters`].
+    pub fn with_adapter(mode: KernelMode, index: usize) -> Result<Self> {
+        Self::open(mode, Some(index))
+    }
+
+    fn open(mode: KernelMode, index: Option<usize>) -> Result<Self> {
+        if mode != KernelMode::Invariant {
+            return Err(Error::Unsupported(
+                "the wgpu backend implements only the invariant kernel mode so far".into(),
+            ));
+        }
+        let instance = instance();
+        let adapters = sorted_adapters(&instance);
+        let adapter = match index {
+            Some(i) => adapters.get(i).ok_or_else(|| {
+                Error::Device(format!(
+                    "no wgpu adapter {i}: {} adapter(s) found",
+                    adapters.len()
+                ))
+            })?,
+            None => adapters.first().ok_or_else(|| {
+                Error::Device(
+                    "no wgpu adapter found (no Vulkan/Metal/DX12 driver; on Linux, Mesa's \
+                     lavapipe provides a CPU one)"
+                        .into(),
+                )
+            })?,
+        };
+        let info = adapter.get_info();
+        // The default limits (128 MiB bindings, 256 MiB buffers) are too small for real weights:
+        // ask for everything the adapter has.
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("ditto"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Device(format!("{}: cannot open device: {e}", info.name)))?;
+        Ok(WgpuBackend {
+            device,
+            queue,
+            info,
+            limits,
+            pipelines: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The limits the device was opened with.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Applies one contract primitive elementwise on the device (`numerics_probe.wgsl`) and
+    /// returns the result bits, for tests that compare them with [`ProbeOp::reference`].
+    pub fn probe(&self, op: ProbeOp, a: &[f32], b: &[f32]) -> Result<Vec<u32>> {
+        if a.len() != b.len() {
+            return Err(Error::Input("probe: operands differ in length".into()));
+        }
+        let (ta, tb) = (self.upload_f32(a)?, self.upload_f32(b)?);
+        let out = self.buffer(a.len() as u64 * 4, "probe output")?;
+        // ProbeParams is { op, len, opaque_zero, _pad }: laid out by the caller.
+        self.run_words(
+            "numerics_probe",
+            "main",
+            &[op as u32, u32_of(a.len(), "probe")?, 0, 0],
+            &[(1, &ta.buffer), (2, &tb.buffer), (3, &out)],
+            self.groups(a.len().div_ceil(ELEMENTWISE_THREADS))?,
+            true,
+        )?;
+        let bytes = self.read(&out, a.len() as u64 * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// The compiled pipeline of entry point `entry` of kernel `kernel`, compiled on first use.
+    fn pipeline(
+        &self,
+        kernel: &'static str,
+        entry: &'static str,
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let mut cache = self
+            .pipelines
+            .lock()
+            .map_err(|_| Error::Device("pipeline cache poisoned by a panic".into()))?;
+        if let Some(p) = cache.get(&(kernel, entry)) {
+            return Ok(p.clone());
+        }
+        // Compilation errors are bugs in our sources (the naga test validates them), but a
+        // driver may still refuse a pipeline: catch that as an error value, not a panic.
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel),
+                source: wgpu::ShaderSource::Wgsl(wgsl::source(kernel).into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Device(format!(
+                "{}: kernel {kernel}::{entry} failed to compile: {e}",
+                self.info.name
+            )));
+        }
+        let pipeline = Arc::new(pipeline);
+        cache.insert((kernel, entry), pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// A zero-filled storage buffer of `bytes` (at least 4), checked against the device limits.
+    fn buffer(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
+        let size = self.checked_size(bytes, what)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer holding `bytes` (padded with zeros to a multiple of 4, at least 4).
+    fn buffer_with(&self, bytes: &[u8], what: &str) -> Result<wgpu::Buffer> {
+        let size = self.checked_size(bytes.len() as u64, what)? as usize;
+        let mut padded;
+        let contents = if size == bytes.len() {
+            bytes
+        } else {
+            padded = bytes.to_vec();
+            padded.resize(size, 0);
+            &padded
+        };
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            }))
+    }
+
+    /// Rounds a size up to whole words and checks it against what one buffer and one binding
+    /// may hold on this device.
+    fn checked_size(&self, bytes: u64, what: &str) -> Result<u64> {
+        let size = bytes.max(4).div_ceil(4) * 4;
+        let limit = self
+            .limits
+            .max_buffer_size
+            .min(self.limits.max_storage_buffer_binding_size);
+        if size > limit {
+            return Err(Error::Device(format!(
+                "{what}: {size} bytes do not fit one storage binding of {} (at most {limit} bytes)",
+                self.info.name
+            )));
+        }
+        Ok(size)
+    }
+
+    fn upload_u32(&self, data: &[u32], what: &str) -> Result<wgpu::Buffer> {
+        self.buffer_with(bytemuck::cast_slice(data), what)
+    }
+
+    fn tensor(&self, buffer: wgpu::Buffer, len: usize, dtype: DType) -> WgpuTensor {
+        WgpuTensor {
+            buffer: Arc::new(buffer),
+            len,
+            dtype,
+        }
+    }
+
+    fn f32_tensor(&self, len: usize, what: &str) -> Result<WgpuTensor> {
+        Ok(self.tensor(self.buffer(len as u64 * 4, what)?, len, DType::F32))
+    }
+
+    /// A workgroup grid of `count` workgroups: one row of up to the per-dimension limit, then
+    /// more rows. Kernels flatten `wg.x + wg.y * num_workgroups.x` and ignore the excess.
+    fn groups(&self, count: usize) -> Result<(u32, u32)> {
+        let max = self.limits.max_compute_workgroups_per_dimension as usize;
+        if count <= max {
+            return Ok((count as u32, 1));
+        }
+        let rows = count.div_ceil(max);
+        if rows > max {
+            return Err(Error::Device(format!(
+                "{count} workgroups exceed the {max}×{max} grid of {}",
+                self.info.name
+            )));
+        }
+        Ok((max as u32, rows as u32))
+    }
+
+    /// Queues one dispatch of `kernel::entry` with parameters `params` (after the leading
+    /// `opaque_zero`, which every kernel's parameter block starts with) and storage buffers at
+    /// the given bindings. `wait` blocks until it is done.
+    fn run(
+        &self,
+        kernel: &'static str,
+        entry: &'static str,
+        params: &[u32],
+        buffers: &[(u32, &wgpu::Buffer)],
+        groups: (u32, u32),
+        wait: bool,
+    ) -> Result<()> {
+        let mut words = Vec::with_capacity(params.len() + 1);
+        words.push(0u32);
+        words.extend_from_slice(params);
+        self.run_words(kernel, entry, &words, buffers, groups, wait)
+    }
+
+    /// [`Self::run`] with the whole parameter block given, `opaque_zero` included.
+    fn run_words(
+        &self,
+        kernel: &'static str,
+        entry: &'static str,
+        params: &[u32],
+        buffers: &[(u32, &wgpu::Buffer)],
+        groups: (u32, u32),
+        wait: bool,
+    ) -> Result<()> {
+        if groups.0 == 0 || groups.1 == 0 {
+            return Ok(());
+        }
+        let pipeline = self.pipeline(kernel, entry)?;
+        // Padded to a 16-byte multiple, as uniform blocks require.
+        let mut words = params.to_vec();
+        words.resize(words.len().div_ceil(4).max(1) * 4, 0);
+        let uniform = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::cast_slice(&words),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        entries.extend(buffers.iter().map(|(binding, b)| wgpu::BindGroupEntry {
+            binding: *binding,
+            resource: b.as_entire_binding(),
+        }));
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups.0, groups.1, 1);
+        }
+        self.queue.submit([encoder.finish()]);
+        if wait {
+            self.wait()?;
+        }
+        Ok(())
+    }
+
+    fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Device(format!("{}: {e}", self.info.name)))
+    }
+
+    /// Copies the first `bytes` (rounded up to words) of `buffer` back to the host.
+    fn read(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let size = bytes.max(4).div_ceil(4) * 4;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("download"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+        self.queue.submit([encoder.finish()]);
+        let (tx, rx) = mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            // The receiver waits below; if it is gone there is nobody left to tell.
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .map_err(|_| Error::Device("download: the map callback never ran".into()))?
+            .map_err(|e| Error::Device(format!("download: {e}")))?;
+        let mut data = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Device(format!("download: {e}")))?
+            .to_vec();
+        staging.unmap();
+        data.truncate(bytes as usize);
+        Ok(data)
+    }
+
+    fn elementwise(
+        &self,
+        entry: &'static str,
+        len: usize,
+        n: usize,
+        inputs: &[(u32, &wgpu::Buffer)],
+    ) -> Result<WgpuTensor> {
+        let out = self.f32_tensor(len, entry)?;
+        let mut buffers = inputs.to_vec();
+        buffers.push((4, &out.buffer));
+        self.run(
+            "elementwise",
+            entry,
+            &[u32_of(len, entry)?, u32_of(n, entry)?],
+            &buffers,
+            self.groups(len.div_ceil(ELEMENTWISE_THREADS))?,
+            false,
+        )?;
+        Ok(out)
+    }
+}
+
+/// A size as the u32 the kernels index with, or an error if it does not fit.
+fn u32_of(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v)
+        .map_err(|_| Error::Device(format!("{what}: {v} exceeds the kernels' u32 range")))
+}
+
+fn expect_dtype(t: &WgpuTensor, what: &str, dtype: DType) -> Result<()> {
+    if t.dtype != dtype {
+        return Err(Error::Input(format!(
+            "{what}: expected a {dtype:?} tensor, got {:?}",
+            t.dtype
+        )));
+    }
+    Ok(())
+}
+
+impl Backend for WgpuBackend {
+    type Tensor = WgpuTensor;
+
+    fn describe(&self) -> String {
+        format!(
+            "wgpu ({} on {:?}, {:?}, driver {} {})",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.info.driver,
+            self.info.driver_info
+        )
+    }
+
+    fn upload_f32(&self, data: &[f32]) -> Result<WgpuTensor> {
+        let buffer = self.buffer_with(bytemuck::cast_slice(data), "f32 upload")?;
+        Ok(self.tensor(buffer, data.len(), DType::F32))
+    }
+
+    fn upload_bf16(&self, bits: &[u16]) -> Result<WgpuTensor> {
+        // Little-endian bytes put element 2w in the low half of word w, as the kernels expect
+        // (WGSL storage is little-endian on every platform wgpu supports).
+        let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let buffer = self.buffer_with(&bytes, "bf16 upload")?;
+        Ok(self.tensor(buffer, bits.len(), DType::Bf16))
+    }
+
+    fn zeros(&self, dtype: DType, len: usize) -> Result<WgpuTensor> {
+        let bytes = match dtype {
+            DType::F32 => len as u64 * 4,
+            DType::Bf16 => len as u64 * 2,
+        };
+        // wgpu zero-initialises new buffers.
+        Ok(self.tensor(self.buffer(bytes, "zeros")?, len, dtype))
+    }
+
+    fn download_f32(&self, t: &WgpuTensor) -> Result<Vec<f32>> {
+        expect_dtype(t, "download_f32", DType::F32)?;
+        let bytes = self.read(&t.buffer, t.len as u64 * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    fn download_bf16(&self, t: &WgpuTensor) -> Result<Vec<u16>> {
+        expect_dtype(t, "download_bf16", DType::Bf16)?;
+        let bytes = self.read(&t.buffer, t.len as u64 * 2)?;
+        Ok(bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect())
+    }
+
+    fn embedding(&self, table: &WgpuTensor, ids: &[u32], dim: usize) -> Result<WgpuTensor> {
+        expect_dtype(table, "embedding table", DType::Bf16)?;
+        let vocab = table.len.checked_div(dim).unwrap_or(0);
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::Input(format!(
+                "token id {id} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let count = ids.len() * dim;
+        let out = self.f32_tensor(count, "embedding output")?;
+        if count == 0 {
+            return Ok(out);
+        }
+        let ids_buf = self.upload_u32(ids, "token ids")?;
+        self.run(
+            "embedding",
+            "main",
+            &[u32_of(count, "embedding")?, u32_of(dim, "embedding")?],
+            &[(1, &table.buffer), (2, &ids_buf), (3, &out.buffer)],
+            self.groups(count.div_ceil(ELEMENTWISE_THREADS))?,
+            false,
+        )?;
+        Ok(out)
+    }
+
+    fn rms_norm(
+        &self,
+        x: &WgpuTensor,
+        weight: &WgpuTensor,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<WgpuTensor> {
+        expect_tensor(x, "rms_norm input", DType::F32, rows * dim)?;
+        expect_tensor(weight, "rms_norm weight", DType::Bf16, dim)?;
+        let out = self.f32_tensor(rows * dim, "rms_norm output")?;
+        if dim == 0 {
+            return Ok(out);
+        }
+        self.run(
+            "rms_norm",
+            "main",
+            &[
+                u32_of(rows, "rms_norm rows")?,
+                u32_of(dim, "rms_norm dim")?,
+                eps.to_bits(),
+                contract::rms_inv_dim(dim).to_bits(),
+            ],
+            &[(1, &x.buffer), (2, &weight.buffer), (3, &out.buffer)],
+            self.groups(rows)?,
+            false,
+        )?;
+        Ok(out)
+    }
+
+    fn matmul(
+        &self,
+        x: &WgpuTensor,
+        w: &WgpuTensor,
+        shape: MatmulShape,
+        out: DType,
+    ) -> Result<WgpuTensor> {
+        let MatmulShape { m, n, k } = shape;
+        expect_tensor(x, "matmul input", DType::F32, m * k)?;
+        expect_tensor(w, "matmul weight", DType::Bf16, n * k)?;
+        let result = self.f32_tensor(m * n, "matmul output")?;
+        let params = [
+            u32_of(m, "matmul m")?,
+            u32_of(n, "matmul n")?,
+            u32_of(k, "matmul k")?,
+        ];
+        let buffers = [(1, &*x.buffer), (2, &*w.buffer), (3, &*result.buffer)];
+        if m * n > 0 {
+            // The kernel is chosen from m alone; both compute the contract's order, so the
+            // choice never changes bits (tests/batch_invariance.rs checks it).
+            if m <= GEMV_MAX_ROWS {
+                self.run("matmul", "gemv", &params, &buffers, self.groups(n)?, false)?;
+            } else {
+                let (gx, gy) = (n.div_ceil(GEMM_TILE), m.div_ceil(GEMM_TILE));
+                let max = self.limits.max_compute_workgroups_per_dimension as usize;
+                if gx > max || gy > max {
+                    return Err(Error::Device(format!(
+                        "matmul {m}×{n}: {gx}×{gy} tiles exceed the {max}-workgroup grid"
+                    )));
+                }
+                self.run(
+                    "matmul",
+                    "gemm",
+                    &params,
+                    &buffers,
+                    (gx as u32, gy as u32),
+                    false,
+                )?;
+            }
+        }
+        match out {
+            DType::F32 => Ok(result),
+            DType::Bf16 => {
+                let len = m * n;
+                let packed = self.tensor(
+                    self.buffer(len as u64 * 2, "matmul bf16 output")?,
+                    len,
+                    DType::Bf16,
+                );
+                self.run(
+                    "elementwise",
+                    "pack_bf16",
+                    &[u32_of(len, "matmul")?, 0],
+                    &[(1, &result.buffer), (5, &packed.buffer)],
+                    self.groups(len.div_ceil(2).div_ceil(ELEMENTWISE_THREADS))?,
+                    false,
+                )?;
+                Ok(packed)
+            }
+        }
+    }
+
+    fn rope(
+        &self,
+        x: &WgpuTensor,
+        positions: &[u32],
+        tables: &RopeTables<WgpuTensor>,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<WgpuTensor> {
+        expect_tensor(
+            x,
+            "rope input",
+            DType::F32,
+            positions.len() * heads * head_dim,
+        )?;
+        if tables.half_dim * 2 != head_dim {
+            return Err(Error::Input(format!(
+                "rope: tables for head_dim {} used with head_dim {head_dim}",
+                tables.half_dim * 2
+            )));
+        }
+        let table_len = tables.positions * tables.half_dim;
+        expect_tensor(&tables.cos, "rope cos table", DType::F32, table_len)?;
+        expect_tensor(&tables.sin, "rope sin table", DType::F32, table_len)?;
+        if let Some(p) = positions.iter().find(|&&p| p as usize >= tables.positions) {
+            return Err(Error::Input(format!(
+                "rope: position {p} past the table's {} positions",
+                tables.positions
+            )));
+        }
+        let out = self.f32_tensor(x.len, "rope output")?;
+        let pairs = positions.len() * heads * tables.half_dim;
+        if pairs == 0 {
+            return Ok(out);
+        }
+        let pos = self.upload_u32(positions, "rope positions")?;
+        self.run(
+            "rope",
+            "main",
+            &[
+                u32_of(positions.len(), "rope tokens")?,
+                u32_of(heads, "rope heads")?,
+                u32_of(tables.half_dim, "rope half_dim")?,
+            ],
+            &[
+                (1, &x.buffer),
+                (2, &pos),
+                (3, &tables.cos.buffer),
+                (4, &tables.sin.buffer),
+                (5, &out.buffer),
+            ],
+            self.groups(pairs.div_ceil(ELEMENTWISE_THREADS))?,
+            false,
+        )?;
+        Ok(out)
+    }
+
+    fn silu_mul(&self, gate: &WgpuTensor, up: &WgpuTensor) -> Result<WgpuTensor> {
+        expect_dtype(gate, "silu_mul gate", DType::F32)?;
+        expect_tensor(up, "silu_mul up", DType::F32, gate.len)?;
+        self.elementwise(
+            "silu_mul",
+            gate.len,
+            0,
+            &[(1, &gate.buffer), (2, &up.buffer)],
+        )
+    }
+
+    fn add(&self, a: &WgpuTensor, b: &WgpuTensor) -> Result<WgpuTensor> {
+        expect_dtype(a, "add", DType::F32)?;
+        expect_tensor(b, "add", DType::F32, a.len)?;
+        self.elementwise("add", a.len, 0, &[(1, &a.buffer), (2, &b.buffer)])
+    }
+
+    fn add_bias(
+        &self,
+        x: &WgpuTensor,
+        bias: &WgpuTensor,
+        rows: usize,
+        n: usize,
+    ) -> Result<WgpuTensor> {
+        expect_tensor(x, "add_bias input", DType::F32, rows * n)?;
+        expect_tensor(bias, "add_bias bias", DType::Bf16, n)?;
+        self.elementwise(
+            "add_bias",
+            rows * n,
+            n,
+            &[(1, &x.buffer), (3, &bias.buffer)],
+        )
+    }
+
+    fn write_kv(
+        &self,
+        k_cache: &mut WgpuTensor,
+        v_cache: &mut WgpuTensor,
+        k: &WgpuTensor,
+        v: &WgpuTensor,
+        slots: &[u32],
+        row_len: usize,
+    ) -> Result<()> {
+        expect_tensor(k, "write_kv k", DType::F32, slots.len() * row_len)?;
+        expect_tensor(v, "write_kv v", DType::F32, slots.len() * row_len)?;
+        expect_dtype(k_cache, "write_kv k cache", DType::Bf16)?;
+        expect_dtype(v_cache, "write_kv v cache", DType::Bf16)?;
+        if slots.is_empty() || row_len == 0 {
+            return Ok(());
+        }
+        if !row_len.is_multiple_of(2) {
+            // Two rows would share a u32 word, which two threads would then both write.
+            return Err(Error::Unsupported(format!(
+                "write_kv: odd KV row length {row_len} (kv_heads · head_dim must be even)"
+            )));
+        }
+        let slots_in_cache = k_cache.len.min(v_cache.len) / row_len;
+        if let Some(s) = slots.iter().find(|&&s| s as usize >= slots_in_cache) {
+            return Err(Error::Input(format!(
+                "write_kv: slot {s} past the cache's {slots_in_cache} slots"
+            )));
+        }
+        // Threads of one dispatch run in no fixed order: a repeated slot would make the result
+        // depend on the device's schedule, so it is refused.
+        let mut sorted = slots.to_vec();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::Input(format!(
+                "write_kv: slot {} written twice in one call",
+                w[0]
+            )));
+        }
+        let slot_buf = self.upload_u32(slots, "write_kv slots")?;
+        let words = slots.len() * row_len / 2;
+        self.run(
+            "kv_write",
+            "main",
+            &[
+                u32_of(slots.len(), "write_kv rows")?,
+                u32_of(row_len / 2, "write_kv row")?,
+            ],
+            &[
+                (1, &k.buffer),
+                (2, &v.buffer),
+                (3, &slot_buf),
+                (4, &k_cache.buffer),
+                (5, &v_cache.buffer),
+            ],
+            self.groups(words.div_ceil(ELEMENTWISE_THREADS))?,
+            false,
+        )
+    }
+
+    fn attention(
+        &self,
+        q: &WgpuTensor,
+        k_cache: &WgpuTensor,
+        v_cache: &WgpuTensor,
+        seqs: &[AttnSeq],
+        block_table: &[u32],
+        g: AttnGeometry,
+    ) -> Result<WgpuTensor> {
+        expect_dtype(q, "attention q", DType::F32)?;
+        expect_dtype(k_cache, "attention k cache", DType::Bf16)?;
+        expect_tensor(v_cache, "attention v cache", DType::Bf16, k_cache.len)?;
+        let rows = check_attention(q.len, k_cache.len, seqs, block_table, &g)?;
+        if g.head_dim > MAX_HEAD_DIM {
+            return Err(Error::Unsupported(format!(
+                "attention: head_dim {} above the wgpu kernel's {MAX_HEAD_DIM}",
+                g.head_dim
+            )));
+        }
+        let out = self.f32_tensor(q.len, "attention output")?;
+        if rows == 0 || seqs.is_empty() {
+            return Ok(out);
+        }
+        // Per query row: its absolute position and its sequence's block table. Later sequences
+        // overwrite earlier ones, as in the cpu backend.
+        let mut position = vec![UNUSED_ROW; rows];
+        let mut table_start = vec![0u32; rows];
+        for s in seqs {
+            for i in 0..s.q_len {
+                position[s.q_start + i] = u32_of(s.ctx_len + i, "attention position")?;
+                table_start[s.q_start + i] = u32_of(s.block_table_start, "attention table")?;
+            }
+        }
+        let position = self.upload_u32(&position, "attention positions")?;
+        let table_start = self.upload_u32(&table_start, "attention table starts")?;
+        let table = self.upload_u32(block_table, "attention block table")?;
+        self.run(
+            "attention",
+            "main",
+            &[
+                u32_of(rows, "attention rows")?,
+                u32_of(g.heads, "attention heads")?,
+                u32_of(g.kv_heads, "attention kv heads")?,
+                u32_of(g.head_dim, "attention head_dim")?,
+                u32_of(g.page_size, "attention page_size")?,
+                g.scale.to_bits(),
+            ],
+            &[
+                (1, &q.buffer),
+                (2, &k_cache.buffer),
+                (3, &v_cache.buffer),
+                (4, &position),
+                (5, &table_start),
+                (6, &table),
+                (7, &out.buffer),
+            ],
+            self.groups(rows * g.heads)?,
+            false,
+        )?;
+        Ok(out)
+    }
+
+    fn argmax(&self, logits: &WgpuTensor, rows: usize, vocab: usize) -> Result<Vec<u32>> {
+        expect_tensor(logits, "argmax", DType::F32, rows * vocab)?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let out = self.buffer(rows as u64 * 4, "argmax output")?;
+        self.run(
+            "argmax",
+            "main",
+            &[u32_of(rows, "argmax rows")?, u32_of(vocab, "argmax vocab")?],
+            &[(1, &logits.buffer), (2, &out)],
+            self.groups(rows)?,
+            false,
+        )?;
+        let bytes = self.read(&out, rows as u64 * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}

@@ -1,0 +1,313 @@
+//! Every kernel on random inputs of many shapes, bit for bit against the contract's reference
+//! functions (computed here directly, independent of the cpu backend's own loops), on every
+//! backend.
+
+mod common;
+
+use common::{assert_bits, ok, reference_matmul, Rng};
+use ditto::engine::{Backend, DType, MatmulShape, RopeTables};
+use ditto::shaders::contract;
+
+/// Activations with a sprinkling of values that round to zero, ±0 and large magnitudes, so the
+/// flush-to-zero and sign-of-zero paths are exercised.
+fn activations(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| match rng.below(64) {
+            0 => 0.0,
+            1 => -0.0,
+            2 => 1e-25 * rng.unit(),
+            3 => 3e4 * rng.unit(),
+            _ => 2.0 * rng.unit(),
+        })
+        .collect()
+}
+
+fn matmul_shapes<B: Backend>(b: &B) {
+    let mut rng = Rng::new(1);
+    let shapes = [
+        (1, 1, 1),
+        (2, 3, 0),
+        (1, 7, 255),
+        (3, 33, 256),
+        (5, 17, 257),
+        (8, 5, 12289),
+        (1, 3, 12800),
+        (9, 40, 513),
+        (33, 65, 1000),
+        (64, 31, 4096),
+        (40, 70, 300),
+        (100, 1, 7),
+        (17, 9, 12288),
+    ];
+    for (m, n, k) in shapes {
+        let x = activations(&mut rng, m * k);
+        let w = rng.bf16s(n * k, 1.0);
+        let want = reference_matmul(&x, &w, m, n, k);
+        let (tx, tw) = (ok("x", b.upload_f32(&x)), ok("w", b.upload_bf16(&w)));
+        let shape = MatmulShape { m, n, k };
+        let got = ok("matmul", b.matmul(&tx, &tw, shape, DType::F32));
+        let got = ok("download", b.download_f32(&got));
+        assert_bits(&format!("matmul f32 {m}×{n}×{k}"), &got, &want);
+        let got16 = ok("matmul bf16", b.matmul(&tx, &tw, shape, DType::Bf16));
+        let got16 = ok("download", b.download_bf16(&got16));
+        let want16: Vec<u16> = want.iter().map(|&v| contract::round_bf16_bits(v)).collect();
+        assert_bits(&format!("matmul bf16 {m}×{n}×{k}"), &got16, &want16);
+    }
+}
+
+fn matmul_rejects_bad_shapes<B: Backend>(b: &B) {
+    let x = ok("x", b.upload_f32(&[1.0; 6]));
+    let w = ok("w", b.upload_bf16(&[0x3f80; 6]));
+    let bad = MatmulShape { m: 2, n: 2, k: 4 };
+    assert!(b.matmul(&x, &w, bad, DType::F32).is_err());
+}
+
+fn embedding<B: Backend>(b: &B) {
+    let mut rng = Rng::new(2);
+    for (vocab, dim) in [(37, 65), (5, 1), (300, 576), (2, 257)] {
+        let table = rng.bf16s(vocab * dim, 3.0);
+        let mut ids: Vec<u32> = (0..11).map(|_| rng.below(vocab) as u32).collect();
+        ids.extend([0, vocab as u32 - 1]);
+        let t = ok("table", b.upload_bf16(&table));
+        let got = ok(
+            "download",
+            b.download_f32(&ok("embedding", b.embedding(&t, &ids, dim))),
+        );
+        let want: Vec<f32> = ids
+            .iter()
+            .flat_map(|&id| &table[id as usize * dim..(id as usize + 1) * dim])
+            .map(|&v| contract::bf16_to_f32(v))
+            .collect();
+        assert_bits(&format!("embedding {vocab}×{dim}"), &got, &want);
+        assert!(
+            b.embedding(&t, &[vocab as u32], dim).is_err(),
+            "id past vocab"
+        );
+    }
+}
+
+fn rms_norm<B: Backend>(b: &B) {
+    let mut rng = Rng::new(3);
+    for dim in [1, 64, 255, 256, 257, 576, 4096, 12289] {
+        let rows = 3;
+        let mut x = activations(&mut rng, rows * dim);
+        // One all-zero row: the sum is +0 and the scale rsqrt(eps).
+        x[..dim].fill(0.0);
+        let w = rng.bf16s(dim, 2.0);
+        let eps = 1e-5;
+        let wf: Vec<f32> = w.iter().map(|&v| contract::bf16_to_f32(v)).collect();
+        let mut want = vec![0.0; rows * dim];
+        for r in 0..rows {
+            let range = r * dim..(r + 1) * dim;
+            contract::rms_norm_row(&x[range.clone()], &wf, eps, &mut want[range]);
+        }
+        let (tx, tw) = (ok("x", b.upload_f32(&x)), ok("w", b.upload_bf16(&w)));
+        let got = ok("rms_norm", b.rms_norm(&tx, &tw, rows, dim, eps));
+        assert_bits(
+            &format!("rms_norm dim {dim}"),
+            &ok("dl", b.download_f32(&got)),
+            &want,
+        );
+    }
+}
+
+fn rope<B: Backend>(b: &B) {
+    let mut rng = Rng::new(4);
+    for head_dim in [64, 128] {
+        let (heads, tokens, table_positions) = (3, 6, 50);
+        let half = head_dim / 2;
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / head_dim as f64))
+            .collect();
+        let (cos, sin) = contract::rope_tables(&inv_freq, table_positions);
+        let x = activations(&mut rng, tokens * heads * head_dim);
+        let positions: Vec<u32> = (0..tokens)
+            .map(|_| rng.below(table_positions) as u32)
+            .collect();
+        let mut want = vec![0.0; x.len()];
+        for (t, &p) in positions.iter().enumerate() {
+            let (c, s) = (
+                &cos[p as usize * half..][..half],
+                &sin[p as usize * half..][..half],
+            );
+            for h in 0..heads {
+                let at = (t * heads + h) * head_dim;
+                contract::rope_head(&x[at..at + head_dim], c, s, &mut want[at..at + head_dim]);
+            }
+        }
+        let tables = RopeTables {
+            cos: ok("cos", b.upload_f32(&cos)),
+            sin: ok("sin", b.upload_f32(&sin)),
+            positions: table_positions,
+            half_dim: half,
+        };
+        let tx = ok("x", b.upload_f32(&x));
+        let got = ok("rope", b.rope(&tx, &positions, &tables, heads, head_dim));
+        assert_bits(
+            &format!("rope d{head_dim}"),
+            &ok("dl", b.download_f32(&got)),
+            &want,
+        );
+        assert!(b
+            .rope(&tx, &[table_positions as u32; 6], &tables, heads, head_dim)
+            .is_err());
+    }
+}
+
+fn elementwise<B: Backend>(b: &B) {
+    let mut rng = Rng::new(5);
+    for len in [1, 255, 257, 1000, 70001] {
+        // Gate values over the whole useful range of silu, plus ±0 and +inf.
+        let mut gate = rng.f32s(len, 100.0);
+        gate[0] = f32::INFINITY;
+        if len > 2 {
+            gate[1] = -0.0;
+            gate[2] = 1e-40;
+        }
+        let up = activations(&mut rng, len);
+        let (tg, tu) = (ok("g", b.upload_f32(&gate)), ok("u", b.upload_f32(&up)));
+        let want: Vec<f32> = gate
+            .iter()
+            .zip(&up)
+            .map(|(&g, &u)| contract::mul_rn(contract::silu(g), u))
+            .collect();
+        let got = ok("silu_mul", b.silu_mul(&tg, &tu));
+        assert_bits(
+            &format!("silu_mul {len}"),
+            &ok("dl", b.download_f32(&got)),
+            &want,
+        );
+        let want: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| g + u).collect();
+        let got = ok("add", b.add(&tg, &tu));
+        assert_bits(
+            &format!("add {len}"),
+            &ok("dl", b.download_f32(&got)),
+            &want,
+        );
+    }
+    for (rows, n) in [(3, 7), (2, 257), (5, 1)] {
+        let x = activations(&mut rng, rows * n);
+        let bias = rng.bf16s(n, 4.0);
+        let want: Vec<f32> = x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v + contract::bf16_to_f32(bias[i % n]))
+            .collect();
+        let (tx, tb) = (ok("x", b.upload_f32(&x)), ok("b", b.upload_bf16(&bias)));
+        let got = ok("add_bias", b.add_bias(&tx, &tb, rows, n));
+        assert_bits(
+            &format!("add_bias {rows}×{n}"),
+            &ok("dl", b.download_f32(&got)),
+            &want,
+        );
+    }
+}
+
+/// More than 65535 workgroups of 256 threads: the grid must wrap into a second dimension.
+fn two_dimensional_grid<B: Backend>(b: &B) {
+    let len = 65536 * 256 + 3;
+    let mut rng = Rng::new(6);
+    let a = rng.f32s(len, 1.0);
+    let c: Vec<f32> = (0..len).map(|i| i as f32).collect();
+    let want: Vec<f32> = a.iter().zip(&c).map(|(&x, &y)| x + y).collect();
+    let got = ok(
+        "add",
+        b.add(&ok("a", b.upload_f32(&a)), &ok("c", b.upload_f32(&c))),
+    );
+    assert_bits(
+        "add over a 2-D grid",
+        &ok("dl", b.download_f32(&got)),
+        &want,
+    );
+}
+
+fn write_kv<B: Backend>(b: &B) {
+    let mut rng = Rng::new(7);
+    let (slots_in_cache, row_len) = (20, 2 * 64);
+    let k_init = rng.bf16s(slots_in_cache * row_len, 1.0);
+    let v_init = rng.bf16s(slots_in_cache * row_len, 1.0);
+    let mut kc = ok("kc", b.upload_bf16(&k_init));
+    let mut vc = ok("vc", b.upload_bf16(&v_init));
+    let slots = [17u32, 3, 0, 19, 8];
+    let k = activations(&mut rng, slots.len() * row_len);
+    let v = activations(&mut rng, slots.len() * row_len);
+    let (tk, tv) = (ok("k", b.upload_f32(&k)), ok("v", b.upload_f32(&v)));
+    ok(
+        "write_kv",
+        b.write_kv(&mut kc, &mut vc, &tk, &tv, &slots, row_len),
+    );
+    let (mut k_want, mut v_want) = (k_init, v_init);
+    for (i, &s) in slots.iter().enumerate() {
+        for e in 0..row_len {
+            k_want[s as usize * row_len + e] = contract::round_bf16_bits(k[i * row_len + e]);
+            v_want[s as usize * row_len + e] = contract::round_bf16_bits(v[i * row_len + e]);
+        }
+    }
+    assert_bits("k cache", &ok("dl", b.download_bf16(&kc)), &k_want);
+    assert_bits("v cache", &ok("dl", b.download_bf16(&vc)), &v_want);
+    let one = ok("k", b.upload_f32(&k[..row_len]));
+    assert!(
+        b.write_kv(&mut kc, &mut vc, &one, &one, &[20], row_len)
+            .is_err(),
+        "slot past cache"
+    );
+}
+
+fn argmax<B: Backend>(b: &B) {
+    let mut rng = Rng::new(8);
+    for vocab in [1, 7, 64, 65, 1000, 49152] {
+        let rows = 6;
+        let mut l = rng.f32s(rows * vocab, 10.0);
+        let row = |r: usize| r * vocab..(r + 1) * vocab;
+        // Row 1: ties (the lowest index wins); row 2: NaNs counted as -inf; row 3: all NaN;
+        // row 4: -inf and +0/-0 only; row 5: the maximum at the very end.
+        let mx = 1e6;
+        let len = vocab;
+        l[row(1)][len / 3] = mx;
+        l[row(1)][len - 1] = mx;
+        l[row(2)][len / 2] = f32::NAN;
+        l[row(2)][0] = f32::NAN;
+        l[row(3)].fill(f32::NAN);
+        for (i, v) in l[row(4)].iter_mut().enumerate() {
+            *v = [f32::NEG_INFINITY, 0.0, -0.0][i % 3];
+        }
+        l[row(5)][len - 1] = mx;
+        let want: Vec<u32> = (0..rows).map(|r| contract::argmax(&l[row(r)])).collect();
+        let got = ok("argmax", b.argmax(&ok("l", b.upload_f32(&l)), rows, vocab));
+        assert_bits(&format!("argmax vocab {vocab}"), &got, &want);
+    }
+}
+
+fn uploads_round_trip<B: Backend>(b: &B) {
+    let mut rng = Rng::new(9);
+    for n in [0, 1, 2, 3, 1001] {
+        let f = rng.f32s(n, 5.0);
+        assert_bits(
+            "f32",
+            &ok("dl", b.download_f32(&ok("up", b.upload_f32(&f)))),
+            &f,
+        );
+        let h = rng.bf16s(n, 5.0);
+        assert_bits(
+            "bf16",
+            &ok("dl", b.download_bf16(&ok("up", b.upload_bf16(&h)))),
+            &h,
+        );
+        let z = ok("zeros", b.zeros(DType::Bf16, n));
+        assert_bits("zeros", &ok("dl", b.download_bf16(&z)), &vec![0u16; n]);
+        assert!(b.download_f32(&z).is_err(), "dtype checked");
+    }
+}
+
+backend_tests!(
+    matmul_shapes,
+    matmul_rejects_bad_shapes,
+    embedding,
+    rms_norm,
+    rope,
+    elementwise,
+    two_dimensional_grid,
+    write_kv,
+    argmax,
+    uploads_round_trip,
+);
