@@ -20,6 +20,9 @@ fn flush_subnormal(x: f32) -> f32 {
     if ((bits & F32_EXPONENT) == 0u) {
         return bitcast<f32>(bits & F32_SIGN);
     }
+    if ((bits & F32_ABS) > F32_EXPONENT) {
+        return bitcast<f32>(CANONICAL_NAN);
+    }
     return bitcast<f32>(bits);
 }
 

@@ -46,19 +46,24 @@ const ABS: u32 = 0x7fff_ffff;
 // Primitives
 // ---------------------------------------------------------------------------------------------
 
-/// A subnormal becomes a zero of the same sign; every other value is returned unchanged.
+/// A subnormal becomes a zero of the same sign and any NaN the canonical NaN; every other value
+/// is returned unchanged. (Which operand's NaN payload a product keeps is left open by IEEE 754
+/// and differs between compilers, so payloads are never let through.)
 #[inline]
 pub fn flush_subnormal(x: f32) -> f32 {
     let bits = x.to_bits();
     if bits & EXPONENT == 0 {
         f32::from_bits(bits & SIGN)
+    } else if bits & ABS > EXPONENT {
+        f32::from_bits(CANONICAL_NAN)
     } else {
         x
     }
 }
 
 /// The explicitly rounded product: `a * b` rounded once to f32, never fused into a following
-/// addition, with a subnormal result flushed. (rustc never contracts `*` and `+` into an FMA.)
+/// addition, with a subnormal result flushed and a NaN made canonical. (rustc never contracts
+/// `*` and `+` into an FMA.)
 #[inline]
 pub fn mul_rn(a: f32, b: f32) -> f32 {
     flush_subnormal(a * b)
