@@ -155,7 +155,7 @@ pub fn sample(
         .collect();
     let prefix = chunked_prefix_sums(&p);
     let total = *prefix.last().expect("at least one candidate");
-    if !(total > 0.0) {
+    if total.is_nan() || total <= 0.0 {
         return Ok(candidates[0]);
     }
 

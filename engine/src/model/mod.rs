@@ -101,13 +101,13 @@ pub fn validate_config(c: &ModelConfig) -> Result<()> {
             return bad(format!("{name} is 0"));
         }
     }
-    if c.num_heads % c.num_kv_heads != 0 {
+    if c.num_heads / c.num_kv_heads * c.num_kv_heads != c.num_heads {
         return bad(format!(
             "{} attention heads cannot share {} KV heads",
             c.num_heads, c.num_kv_heads
         ));
     }
-    if c.head_dim % 2 != 0 {
+    if c.head_dim % 2 == 1 {
         return bad(format!(
             "head_dim {} is odd (rotary needs pairs)",
             c.head_dim
