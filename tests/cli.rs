@@ -20,12 +20,27 @@ fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
 
-/// A tiny random model written as a Hugging Face directory in a fresh temporary folder.
-fn tiny_model_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ditto-cli-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    write_hf_dir(&tiny_model(Architecture::Llama, 5).unwrap(), &dir).unwrap();
-    dir
+/// A tiny random model written as a Hugging Face directory in a fresh temporary folder, removed
+/// when dropped.
+struct TinyModelDir(PathBuf);
+
+impl TinyModelDir {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("ditto-cli-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        write_hf_dir(&tiny_model(Architecture::Llama, 5).unwrap(), &dir).unwrap();
+        TinyModelDir(dir)
+    }
+    fn path(&self) -> OsString {
+        self.0.clone().into_os_string()
+    }
+}
+
+impl Drop for TinyModelDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Fails the test unless the run failed cleanly: non-zero status, no panic, stderr containing
@@ -54,9 +69,9 @@ fn missing_model() {
 
 #[test]
 fn empty_prompt() {
-    let dir = tiny_model_dir("empty");
+    let dir = TinyModelDir::new("empty");
     let mut args = os(&["generate", "--backend", "cpu", "--prompt", "", "--model"]);
-    args.push(dir.into_os_string());
+    args.push(dir.path());
     assert_clean_failure(&ditto(&args), "prompt is empty");
 }
 
@@ -64,9 +79,9 @@ fn empty_prompt() {
 #[test]
 fn non_utf8_prompt() {
     use std::os::unix::ffi::OsStringExt;
-    let dir = tiny_model_dir("utf8");
+    let dir = TinyModelDir::new("utf8");
     let mut args = os(&["generate", "--backend", "cpu", "--model"]);
-    args.push(dir.into_os_string());
+    args.push(dir.path());
     args.push("--prompt".into());
     args.push(OsString::from_vec(vec![b'h', 0xff, b'i']));
     assert_clean_failure(&ditto(&args), "not valid UTF-8");
@@ -103,7 +118,7 @@ fn devices_lists_cpu() {
 )]
 fn prompt_longer_than_context() {
     // The tiny model's context is 640 positions.
-    let dir = tiny_model_dir("long");
+    let dir = TinyModelDir::new("long");
     let mut args = os(&[
         "generate",
         "--backend",
@@ -112,7 +127,7 @@ fn prompt_longer_than_context() {
         "8",
         "--model",
     ]);
-    args.push(dir.into_os_string());
+    args.push(dir.path());
     args.push("--prompt".into());
     args.push("a".repeat(700).into());
     assert_clean_failure(&ditto(&args), "longer than the context");
@@ -125,7 +140,7 @@ fn prompt_longer_than_context() {
     ignore = "needs the loader wired into the CLI"
 )]
 fn generate_json_is_deterministic() {
-    let dir = tiny_model_dir("json");
+    let dir = TinyModelDir::new("json");
     let mut args = os(&[
         "generate",
         "--backend",
@@ -135,7 +150,7 @@ fn generate_json_is_deterministic() {
         "5",
         "--model",
     ]);
-    args.push(dir.into_os_string());
+    args.push(dir.path());
     args.extend(os(&["--prompt", "hello"]));
     let a = ditto(&args);
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));

@@ -337,3 +337,26 @@ fn safetensors_bytes(tensors: &HashMap<String, HostTensor>) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hf_dir_round_trips_what_can_be_read_here() {
+        let model = tiny_model(Architecture::Qwen2, 3).unwrap();
+        let dir = std::env::temp_dir().join(format!("ditto-testing-{}", std::process::id()));
+        write_hf_dir(&model, &dir).unwrap();
+        let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+        assert_eq!(tok.encode("hé").unwrap(), [b'h' as u32, 0xc3, 0xa9]);
+        assert_eq!(tok.token_id("</s>"), Some(EOS_ID));
+        let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let data: usize = model.tensors.values().map(|t| t.data.len() * 2).sum();
+        assert_eq!(bytes.len(), 8 + header_len + data);
+        assert_eq!(header_len % 8, 0);
+        let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+        assert!(header.contains("\"model.layers.1.self_attn.k_proj.bias\":{\"dtype\":\"BF16\""));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
