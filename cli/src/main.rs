@@ -1,6 +1,5 @@
-fn main() {
-    println!(
-        "ditto: contract v{}",
-        ditto_shaders::contract::CONTRACT_VERSION
-    );
+//! The `ditto` command: everything is in the `ditto-cli` library.
+
+fn main() -> std::process::ExitCode {
+    ditto_cli::main()
 }

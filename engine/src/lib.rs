@@ -6,7 +6,12 @@
 pub mod backend;
 pub mod cpu;
 pub mod error;
+pub mod generate;
+pub mod kv_cache;
 pub mod loader;
+pub mod model;
+pub mod sampling;
+pub mod testing;
 pub mod tokenizer;
 pub mod wgpu;
 

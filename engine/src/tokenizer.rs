@@ -43,6 +43,12 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The token string of an id (e.g. 2 -> "<|im_end|>"), for chat templates' `bos_token` and
+    /// `eos_token`.
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

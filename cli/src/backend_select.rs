@@ -1,0 +1,145 @@
+//! Choosing a backend: the one place the CLI names concrete backends. Everything else is
+//! generic over [`Backend`] and reaches a chosen backend through [`Selected::run`].
+//!
+//! `auto` tries, in order: CUDA (not built into ditto yet: skipped with a note), the wgpu
+//! adapter [`WgpuBackend::new`] prefers (a real GPU before a CPU driver such as lavapipe), then
+//! the `cpu` backend.
+//!
+//! The wgpu arm is compiled with the `wgpu` feature of this crate (on once the wgpu backend is
+//! merged); without it `wgpu` is reported as not built in.
+
+use ditto_engine::cpu::CpuBackend;
+#[cfg(feature = "wgpu")]
+use ditto_engine::wgpu::{list_adapters, WgpuBackend};
+use ditto_engine::{Backend, Error, KernelMode, Result};
+
+/// The `--backend` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    Auto,
+    Cpu,
+    Wgpu,
+    Cuda,
+}
+
+/// A backend, opened.
+pub enum Selected {
+    Cpu(CpuBackend),
+    #[cfg(feature = "wgpu")]
+    Wgpu(WgpuBackend),
+}
+
+/// Work generic over the backend: what a closure would be if closures could be generic.
+pub trait BackendJob {
+    type Output;
+    fn run<B: Backend>(self, backend: B) -> Self::Output;
+}
+
+impl Selected {
+    /// The backend's short name, as `--backend` spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Selected::Cpu(_) => "cpu",
+            #[cfg(feature = "wgpu")]
+            Selected::Wgpu(_) => "wgpu",
+        }
+    }
+
+    /// Backend and adapter in one line.
+    pub fn describe(&self) -> String {
+        match self {
+            Selected::Cpu(b) => b.describe(),
+            #[cfg(feature = "wgpu")]
+            Selected::Wgpu(b) => b.describe(),
+        }
+    }
+
+    pub fn run<J: BackendJob>(self, job: J) -> J::Output {
+        match self {
+            Selected::Cpu(b) => job.run(b),
+            #[cfg(feature = "wgpu")]
+            Selected::Wgpu(b) => job.run(b),
+        }
+    }
+}
+
+const CUDA_NOTE: &str = "cuda: not built into this ditto yet";
+
+fn open_cpu(mode: KernelMode) -> Result<Selected> {
+    if mode != KernelMode::Invariant {
+        return Err(Error::Unsupported(
+            "the cpu backend has only the invariant kernels (it is the contract's reference)"
+                .into(),
+        ));
+    }
+    Ok(Selected::Cpu(CpuBackend::new()))
+}
+
+#[cfg(feature = "wgpu")]
+fn open_wgpu(mode: KernelMode) -> Result<Selected> {
+    WgpuBackend::new(mode).map(Selected::Wgpu)
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn open_wgpu(_mode: KernelMode) -> Result<Selected> {
+    Err(Error::Unsupported(
+        "wgpu: not built into this ditto (the `wgpu` feature of ditto-cli)".into(),
+    ))
+}
+
+/// Opens the backend of `choice`. Returns it with notes for stderr on what `auto` tried.
+pub fn select(choice: BackendChoice, mode: KernelMode) -> Result<(Selected, Vec<String>)> {
+    match choice {
+        BackendChoice::Cpu => Ok((open_cpu(mode)?, Vec::new())),
+        BackendChoice::Wgpu => Ok((open_wgpu(mode)?, Vec::new())),
+        BackendChoice::Cuda => Err(Error::Unsupported(CUDA_NOTE.into())),
+        BackendChoice::Auto => {
+            let mut notes = vec![format!("{CUDA_NOTE}, skipped")];
+            match open_wgpu(mode) {
+                Ok(b) => return Ok((b, notes)),
+                Err(e) => notes.push(format!("{e}; falling back to cpu")),
+            }
+            let cpu = open_cpu(mode)?;
+            Ok((cpu, notes))
+        }
+    }
+}
+
+/// The lines of `ditto devices`.
+pub fn list_devices() -> Vec<String> {
+    let mut lines = vec![
+        format!("cpu: {}", CpuBackend::new().describe()),
+        CUDA_NOTE.to_string(),
+    ];
+    lines.extend(wgpu_lines());
+    lines
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_lines() -> Vec<String> {
+    let adapters = list_adapters();
+    if adapters.is_empty() {
+        return vec!["wgpu: no adapter found".into()];
+    }
+    adapters
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let preferred = if i == 0 { " (auto picks this one)" } else { "" };
+            format!(
+                "wgpu {i}: {} ({}, {}, driver {} {}), max buffer {} MiB{preferred}",
+                a.name,
+                a.backend,
+                a.device_type,
+                a.driver,
+                a.driver_info,
+                a.max_buffer_size >> 20
+            )
+        })
+        .collect()
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_lines() -> Vec<String> {
+    vec!["wgpu: not built into this ditto (the `wgpu` feature of ditto-cli)".into()]
+}

@@ -1,0 +1,34 @@
+//! Reading a model from disk: the one place the CLI calls the loader.
+
+use ditto_engine::loader::LoadedModel;
+use ditto_engine::{Error, Result};
+use std::path::Path;
+
+/// Fails with a plain message if nothing is at `path` (checked before anything slow starts).
+pub fn check_model_path(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Err(Error::Input(format!(
+            "model not found: {} (expected a Hugging Face model directory or a .gguf file)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Loads a Hugging Face directory or a GGUF file.
+pub fn load_model(path: &Path) -> Result<LoadedModel> {
+    check_model_path(path)?;
+    read(path)
+}
+
+#[cfg(feature = "loader")]
+fn read(path: &Path) -> Result<LoadedModel> {
+    ditto_engine::loader::load(path, |_| {})
+}
+
+#[cfg(not(feature = "loader"))]
+fn read(_path: &Path) -> Result<LoadedModel> {
+    Err(Error::Unsupported(
+        "model loading is not built into this ditto (the `loader` feature of ditto-cli)".into(),
+    ))
+}
