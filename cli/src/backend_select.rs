@@ -4,12 +4,8 @@
 //! `auto` tries, in order: CUDA (not built into ditto yet: skipped with a note), the wgpu
 //! adapter [`WgpuBackend::new`] prefers (a real GPU before a CPU driver such as lavapipe), then
 //! the `cpu` backend.
-//!
-//! The wgpu arm is compiled with the `wgpu` feature of this crate (on once the wgpu backend is
-//! merged); without it `wgpu` is reported as not built in.
 
 use ditto_engine::cpu::CpuBackend;
-#[cfg(feature = "wgpu")]
 use ditto_engine::wgpu::{list_adapters, WgpuBackend};
 use ditto_engine::{Backend, Error, KernelMode, Result};
 
@@ -25,7 +21,6 @@ pub enum BackendChoice {
 /// A backend, opened.
 pub enum Selected {
     Cpu(CpuBackend),
-    #[cfg(feature = "wgpu")]
     Wgpu(WgpuBackend),
 }
 
@@ -40,7 +35,6 @@ impl Selected {
     pub fn name(&self) -> &'static str {
         match self {
             Selected::Cpu(_) => "cpu",
-            #[cfg(feature = "wgpu")]
             Selected::Wgpu(_) => "wgpu",
         }
     }
@@ -49,7 +43,6 @@ impl Selected {
     pub fn describe(&self) -> String {
         match self {
             Selected::Cpu(b) => b.describe(),
-            #[cfg(feature = "wgpu")]
             Selected::Wgpu(b) => b.describe(),
         }
     }
@@ -57,7 +50,6 @@ impl Selected {
     pub fn run<J: BackendJob>(self, job: J) -> J::Output {
         match self {
             Selected::Cpu(b) => job.run(b),
-            #[cfg(feature = "wgpu")]
             Selected::Wgpu(b) => job.run(b),
         }
     }
@@ -75,16 +67,8 @@ fn open_cpu(mode: KernelMode) -> Result<Selected> {
     Ok(Selected::Cpu(CpuBackend::new()))
 }
 
-#[cfg(feature = "wgpu")]
 fn open_wgpu(mode: KernelMode) -> Result<Selected> {
     WgpuBackend::new(mode).map(Selected::Wgpu)
-}
-
-#[cfg(not(feature = "wgpu"))]
-fn open_wgpu(_mode: KernelMode) -> Result<Selected> {
-    Err(Error::Unsupported(
-        "wgpu: not built into this ditto (the `wgpu` feature of ditto-cli)".into(),
-    ))
 }
 
 /// Opens the backend of `choice`. Returns it with notes for stderr on what `auto` tried.
@@ -115,7 +99,6 @@ pub fn list_devices() -> Vec<String> {
     lines
 }
 
-#[cfg(feature = "wgpu")]
 fn wgpu_lines() -> Vec<String> {
     let adapters = list_adapters();
     if adapters.is_empty() {
@@ -137,9 +120,4 @@ fn wgpu_lines() -> Vec<String> {
             )
         })
         .collect()
-}
-
-#[cfg(not(feature = "wgpu"))]
-fn wgpu_lines() -> Vec<String> {
-    vec!["wgpu: not built into this ditto (the `wgpu` feature of ditto-cli)".into()]
 }
