@@ -3,6 +3,7 @@
 //! constants reach the sources from that module ([`wgsl::constants`]), never retyped.
 
 pub mod contract;
+pub mod cuda;
 pub mod wgsl;
 
 /// The operations of the `numerics_probe` kernels, which apply one primitive elementwise so that

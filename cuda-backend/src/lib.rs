@@ -1,0 +1,1181 @@
+//! ditto's CUDA backend: the kernels of `shaders/*.cu`, compiled at run time by NVRTC for the
+//! device's compute capability, driven through `cudarc` with dynamic loading (so this crate
+//! builds, and [`CudaBackend::new`] returns a clean [`Error::Device`], on machines without CUDA).
+//!
+//! [`KernelMode::Invariant`] runs the numerics contract: every kernel gives the bits of the `cpu`
+//! backend. [`KernelMode::Default`] runs what a common server would run instead: cuBLAS bf16
+//! GEMM with f32 accumulation (tensor cores allowed) and a split-KV attention whose split count
+//! follows the batch; the other kernels are shared with the invariant mode.
+//!
+//! Library lookup: cudarc is built with the CUDA 13.0 bindings, which look for `libcuda.so.1`,
+//! `libnvrtc.so{,.13,.12,.11,…}` and `libcublas.so{,.13,.12,…}` on the loader path. If the
+//! toolkit is installed but not on that path, add its library folder to `LD_LIBRARY_PATH`.
+
+pub mod conformance;
+
+use cudarc::cublas::{sys as cublas_sys, CudaBlas};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+use ditto_engine::backend::{check_attention, expect_tensor, Tensor};
+use ditto_engine::{
+    AttnGeometry, AttnSeq, Backend, DType, Error, KernelMode, MatmulShape, Result, RopeTables,
+};
+use ditto_shaders::contract::{self, ATTN_BLOCK, DOT_CHUNK};
+use ditto_shaders::{cuda as sources, ProbeOp};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Threads per block of the elementwise kernels.
+const THREADS: u32 = 256;
+/// Mirrors `GEMV_MAX_ROWS` in matmul.cu: up to this many rows use the chunk-parallel path.
+const GEMV_MAX_ROWS: usize = 8;
+/// Mirrors `TILE_M`/`TILE_N` in matmul.cu.
+const TILE: usize = 64;
+/// Mirrors `ATTN_THREADS`/`ATTN_MAX_HEAD_DIM` in attention.cu.
+const ATTN_THREADS: u32 = 256;
+const ATTN_MAX_HEAD_DIM: usize = 256;
+/// Mirrors `SPLITKV_WARPS` in attention_default.cu.
+const SPLITKV_THREADS: u32 = 4 * 32;
+
+/// A tensor in device memory: a flat buffer plus its logical length (an empty tensor holds a
+/// one-element allocation, since CUDA cannot allocate zero bytes).
+pub struct CudaTensor {
+    buf: Buf,
+    len: usize,
+}
+
+enum Buf {
+    F32(CudaSlice<f32>),
+    Bf16(CudaSlice<u16>),
+}
+
+impl Tensor for CudaTensor {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn dtype(&self) -> DType {
+        match self.buf {
+            Buf::F32(_) => DType::F32,
+            Buf::Bf16(_) => DType::Bf16,
+        }
+    }
+}
+
+impl CudaTensor {
+    fn f32s(&self, what: &str) -> Result<&CudaSlice<f32>> {
+        match &self.buf {
+            Buf::F32(s) => Ok(s),
+            Buf::Bf16(_) => Err(Error::Input(format!("{what}: expected an f32 tensor"))),
+        }
+    }
+    fn bf16s(&self, what: &str) -> Result<&CudaSlice<u16>> {
+        match &self.buf {
+            Buf::Bf16(s) => Ok(s),
+            Buf::F32(_) => Err(Error::Input(format!("{what}: expected a bf16 tensor"))),
+        }
+    }
+    fn bf16s_mut(&mut self, what: &str) -> Result<&mut CudaSlice<u16>> {
+        match &mut self.buf {
+            Buf::Bf16(s) => Ok(s),
+            Buf::F32(_) => Err(Error::Input(format!("{what}: expected a bf16 tensor"))),
+        }
+    }
+}
+
+/// How [`KernelMode::Invariant`] attention is launched. Both paths give the same bits (tests
+/// check it); `Auto` picks by shape for speed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionPath {
+    #[default]
+    Auto,
+    /// One thread block per (query, head), walking every KV block.
+    Fused,
+    /// One thread block per (query, head, KV block), then an ordered merge.
+    Split,
+}
+
+/// The CUDA backend on one device.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    mode: KernelMode,
+    functions: HashMap<&'static str, CudaFunction>,
+    blas: Option<CudaBlas>,
+    sm_count: usize,
+    description: String,
+    attention_path: AttentionPath,
+}
+
+fn device_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| Error::Device(format!("CUDA {what}: {e}"))
+}
+
+/// Checks that the shared libraries cudarc will load are present, because cudarc's dynamic
+/// loading panics on a missing library instead of returning an error.
+fn require_libraries(need_cublas: bool) -> Result<()> {
+    // SAFETY: `is_culib_present` only tries `dlopen` on cudarc's candidate names and closes what
+    // it opened; loading the CUDA libraries runs only their own initialisers.
+    let (driver, nvrtc, cublas) = unsafe {
+        (
+            cudarc::driver::sys::is_culib_present(),
+            cudarc::nvrtc::sys::is_culib_present(),
+            !need_cublas || cudarc::cublas::sys::is_culib_present(),
+        )
+    };
+    if !driver {
+        return Err(Error::Device(
+            "no CUDA driver: libcuda.so.1 not found (no NVIDIA driver installed?)".into(),
+        ));
+    }
+    if !nvrtc {
+        return Err(Error::Device(
+            "no NVRTC library (libnvrtc.so.13/.12/…) on the loader path; add the CUDA toolkit's \
+             lib64 folder to LD_LIBRARY_PATH"
+                .into(),
+        ));
+    }
+    if !cublas {
+        return Err(Error::Device(
+            "kernel mode `default` needs cuBLAS, but no libcublas.so.13/.12/… is on the loader \
+             path; add the CUDA toolkit's lib64 folder to LD_LIBRARY_PATH"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `f`, turning a panic inside cudarc (a missing symbol in an old library, say) into an
+/// [`Error::Device`]. A last resort: [`require_libraries`] catches the common case first.
+fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::Device(format!(
+                "{what}: CUDA library failure: {msg}"
+            )))
+        }
+    }
+}
+
+/// The names of the CUDA devices present, or why there are none.
+pub fn list_devices() -> Result<Vec<String>> {
+    require_libraries(false)?;
+    no_panic("listing CUDA devices", || {
+        let count = CudaContext::device_count().map_err(device_err("device count"))?;
+        let mut names = Vec::new();
+        for i in 0..count.max(0) as usize {
+            let ctx = CudaContext::new(i).map_err(device_err("context"))?;
+            let (major, minor) = ctx
+                .compute_capability()
+                .map_err(device_err("compute capability"))?;
+            let name = ctx.name().map_err(device_err("device name"))?;
+            names.push(format!("cuda:{i} {name} (sm_{major}{minor})"));
+        }
+        Ok(names)
+    })
+}
+
+/// The extern "C" entry points of each kernel family.
+const ENTRY_POINTS: &[(&str, &[&str])] = &[
+    ("embedding", &["embedding"]),
+    ("rms_norm", &["rms_norm"]),
+    (
+        "matmul",
+        &[
+            "matmul_chunk_partials",
+            "matmul_combine_f32",
+            "matmul_combine_bf16",
+            "matmul_tiled_f32",
+            "matmul_tiled_bf16",
+            "round_to_bf16",
+        ],
+    ),
+    ("rope", &["rope"]),
+    ("elementwise", &["silu_mul", "add", "add_bias"]),
+    ("kv_write", &["write_kv"]),
+    (
+        "attention",
+        &[
+            "attention_fused",
+            "attention_block_partials",
+            "attention_merge_partials",
+        ],
+    ),
+    ("argmax", &["argmax"]),
+    ("numerics_probe", &["numerics_probe"]),
+    (
+        "attention_default",
+        &["attention_splitkv", "attention_splitkv_combine"],
+    ),
+];
+
+/// PTX per (family, architecture), compiled once per process.
+fn ptx_cache() -> &'static Mutex<HashMap<(String, String), Ptx>> {
+    static CACHE: OnceLock<Mutex<HashMap<(String, String), Ptx>>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// The full source and NVRTC options of one family.
+fn family_source(family: &str, arch: &str) -> Result<(String, CompileOptions)> {
+    let arch_opt = format!("--gpu-architecture={arch}");
+    if let Some((_, src)) = sources::DEFAULT_MODE_KERNELS
+        .iter()
+        .find(|(n, _)| *n == family)
+    {
+        // Not the contract: the fast-math build a server would use.
+        let opts = CompileOptions {
+            options: vec![arch_opt, "--use_fast_math".into()],
+            name: Some(format!("{family}.cu")),
+            ..Default::default()
+        };
+        return Ok((src.to_string(), opts));
+    }
+    let src = sources::source(family)
+        .ok_or_else(|| Error::Device(format!("no CUDA kernel family {family}")))?;
+    // The contract: no contraction, no flush-to-zero, IEEE division and square root (the
+    // kernels use neither, but nothing may be approximated behind their back).
+    let opts = CompileOptions {
+        ftz: Some(false),
+        prec_sqrt: Some(true),
+        prec_div: Some(true),
+        fmad: Some(false),
+        use_fast_math: None,
+        options: vec![arch_opt],
+        name: Some(format!("{family}.cu")),
+        ..Default::default()
+    };
+    Ok((src, opts))
+}
+
+fn compile_family(family: &str, arch: &str) -> Result<Ptx> {
+    let key = (family.to_string(), arch.to_string());
+    if let Some(ptx) = ptx_cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return Ok(ptx);
+    }
+    let (src, opts) = family_source(family, arch)?;
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| match e {
+        CompileError::CompileError { log, options, .. } => Error::Device(format!(
+            "NVRTC failed to compile {family}.cu (options {options:?}):\n{}",
+            log.to_string_lossy()
+        )),
+        other => Error::Device(format!("NVRTC failed on {family}.cu: {other:?}")),
+    })?;
+    if let Ok(mut c) = ptx_cache().lock() {
+        c.insert(key, ptx.clone());
+    }
+    Ok(ptx)
+}
+
+/// Elementwise launch over `n` items, `THREADS` per block.
+fn grid_1d(n: usize) -> Result<LaunchConfig> {
+    let blocks = n.div_ceil(THREADS as usize);
+    if blocks > i32::MAX as usize {
+        return Err(Error::Device(format!("{n} elements exceed one launch")));
+    }
+    Ok(LaunchConfig {
+        grid_dim: (blocks.max(1) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+fn u32_arg(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Input(format!("{what} = {v} exceeds 32 bits")))
+}
+
+impl CudaBackend {
+    /// The backend on device 0.
+    pub fn new(mode: KernelMode) -> Result<Self> {
+        Self::on_device(0, mode)
+    }
+
+    /// The backend on device `ordinal`. Fails with [`Error::Device`] (never a panic) when there
+    /// is no driver, no NVRTC, no device, or a kernel does not compile (the NVRTC log is in the
+    /// message).
+    pub fn on_device(ordinal: usize, mode: KernelMode) -> Result<Self> {
+        require_libraries(mode == KernelMode::Default)?;
+        no_panic("starting the CUDA backend", || Self::init(ordinal, mode))
+    }
+
+    fn init(ordinal: usize, mode: KernelMode) -> Result<Self> {
+        let ctx = CudaContext::new(ordinal).map_err(device_err("no usable device"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(device_err("compute capability"))?;
+        let arch = format!("sm_{major}{minor}");
+        let sm_count = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(device_err("SM count"))?
+            .max(1) as usize;
+        let name = ctx.name().map_err(device_err("device name"))?;
+        let stream = ctx.default_stream();
+
+        let families: Vec<&str> = ENTRY_POINTS
+            .iter()
+            .map(|(f, _)| *f)
+            .filter(|f| mode == KernelMode::Default || *f != "attention_default")
+            .collect();
+        // NVRTC compiles separate programs independently: compile the families in parallel.
+        let compiled: Vec<Result<Ptx>> = std::thread::scope(|s| {
+            let handles: Vec<_> = families
+                .iter()
+                .map(|f| {
+                    let arch = arch.as_str();
+                    s.spawn(move || no_panic("NVRTC", || compile_family(f, arch)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Device("NVRTC thread panicked".into())))
+                })
+                .collect()
+        });
+        let mut functions = HashMap::new();
+        for (family, ptx) in families.iter().zip(compiled) {
+            let module = ctx
+                .load_module(ptx?)
+                .map_err(|e| Error::Device(format!("loading {family}.cu PTX: {e}")))?;
+            let entries = ENTRY_POINTS
+                .iter()
+                .find(|(f, _)| f == family)
+                .map(|(_, e)| *e)
+                .unwrap_or(&[]);
+            for entry in entries {
+                let f = module
+                    .load_function(entry)
+                    .map_err(|e| Error::Device(format!("{family}.cu: no kernel {entry}: {e}")))?;
+                functions.insert(*entry, f);
+            }
+        }
+        let blas = if mode == KernelMode::Default {
+            Some(
+                CudaBlas::new(stream.clone())
+                    .map_err(|e| Error::Device(format!("cuBLAS: {e:?}")))?,
+            )
+        } else {
+            None
+        };
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            mode,
+            functions,
+            blas,
+            sm_count,
+            description: format!(
+                "cuda:{ordinal} {name} ({arch}, {sm_count} SMs), {mode:?} kernels"
+            ),
+            attention_path: AttentionPath::Auto,
+        })
+    }
+
+    pub fn mode(&self) -> KernelMode {
+        self.mode
+    }
+
+    /// Forces one launch shape of the invariant attention (tests use this to check that both
+    /// shapes give the same bits).
+    pub fn set_attention_path(&mut self, path: AttentionPath) {
+        self.attention_path = path;
+    }
+
+    /// Waits for all queued work (for timing).
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(device_err("synchronize"))
+    }
+
+    fn func(&self, name: &str) -> Result<&CudaFunction> {
+        self.functions
+            .get(name)
+            .ok_or_else(|| Error::Device(format!("kernel {name} is not loaded")))
+    }
+
+    fn upload<T: DeviceRepr + ValidAsZeroBits>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        if data.is_empty() {
+            return self.alloc_zeros(0);
+        }
+        self.stream.clone_htod(data).map_err(device_err("upload"))
+    }
+
+    fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        self.stream
+            .alloc_zeros::<T>(len.max(1))
+            .map_err(device_err("allocation"))
+    }
+
+    fn download<T: DeviceRepr + Default + Clone>(
+        &self,
+        s: &CudaSlice<T>,
+        len: usize,
+    ) -> Result<Vec<T>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let mut v = self.stream.clone_dtoh(s).map_err(device_err("download"))?;
+        v.truncate(len);
+        Ok(v)
+    }
+
+    fn f32_tensor(&self, len: usize) -> Result<CudaTensor> {
+        Ok(CudaTensor {
+            buf: Buf::F32(self.alloc_zeros(len)?),
+            len,
+        })
+    }
+
+    /// Applies one contract primitive elementwise on the device (`numerics_probe.cu`): the
+    /// results' bits, for comparison with [`ProbeOp::reference`].
+    pub fn numerics_probe(&self, op: ProbeOp, a: &[f32], b: &[f32]) -> Result<Vec<u32>> {
+        if a.len() != b.len() {
+            return Err(Error::Input(
+                "numerics_probe: inputs differ in length".into(),
+            ));
+        }
+        let len = u32_arg(a.len(), "numerics_probe length")?;
+        let (da, db) = (self.upload(a)?, self.upload(b)?);
+        let mut out = self.alloc_zeros::<u32>(a.len())?;
+        let op = op as u32;
+        let f = self.func("numerics_probe")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&da).arg(&db).arg(&mut out).arg(&len).arg(&op);
+        // SAFETY: numerics_probe(const float*, const float*, unsigned int*, unsigned int,
+        // unsigned int); all three buffers hold at least `len` elements.
+        unsafe { l.launch(grid_1d(a.len())?) }.map_err(device_err("numerics_probe"))?;
+        self.download(&out, a.len())
+    }
+
+    /// `KernelMode::Default` matmul: activations rounded to bf16, then cuBLAS GEMM with bf16
+    /// inputs, f32 compute and the requested output type.
+    fn matmul_cublas(
+        &self,
+        blas: &CudaBlas,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<u16>,
+        shape: MatmulShape,
+        out: DType,
+    ) -> Result<CudaTensor> {
+        let MatmulShape { m, n, k } = shape;
+        let (mi, ni, ki) = (
+            i32::try_from(m).map_err(|_| Error::Input("matmul m exceeds i32".into()))?,
+            i32::try_from(n).map_err(|_| Error::Input("matmul n exceeds i32".into()))?,
+            i32::try_from(k).map_err(|_| Error::Input("matmul k exceeds i32".into()))?,
+        );
+        let mut xb = self.alloc_zeros::<u16>(m * k)?;
+        let len = (m * k) as u64;
+        let f = self.func("round_to_bf16")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(x).arg(&mut xb).arg(&len);
+        // SAFETY: round_to_bf16(const float*, unsigned short*, unsigned long long); both buffers
+        // hold m*k elements.
+        unsafe { l.launch(grid_1d(m * k)?) }.map_err(device_err("round_to_bf16"))?;
+
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // Row-major C[m,n] = X[m,k] W[n,k]^T is column-major C^T[n,m] = W^T X: W's buffer is a
+        // column-major k×n matrix (transposed), X's a column-major k×m one.
+        let mut result = match out {
+            DType::F32 => Buf::F32(self.alloc_zeros::<f32>(m * n)?),
+            DType::Bf16 => Buf::Bf16(self.alloc_zeros::<u16>(m * n)?),
+        };
+        {
+            let (wp, _wg) = w.device_ptr(&self.stream);
+            let (xp, _xg) = xb.device_ptr(&self.stream);
+            let (cp, c_type, _cg) = match &mut result {
+                Buf::F32(c) => {
+                    let (p, g) = c.device_ptr_mut(&self.stream);
+                    (p, cublas_sys::cudaDataType_t::CUDA_R_32F, g)
+                }
+                Buf::Bf16(c) => {
+                    let (p, g) = c.device_ptr_mut(&self.stream);
+                    (p, cublas_sys::cudaDataType_t::CUDA_R_16BF, g)
+                }
+            };
+            // SAFETY: the pointers are live device allocations of n*k (W), m*k (X) and m*n (C)
+            // elements of the stated types, on the stream the handle is bound to; alpha and
+            // beta are host f32 values, matching CUBLAS_COMPUTE_32F in host pointer mode.
+            unsafe {
+                cudarc::cublas::result::gemm_ex(
+                    *blas.handle(),
+                    cublas_sys::cublasOperation_t::CUBLAS_OP_T,
+                    cublas_sys::cublasOperation_t::CUBLAS_OP_N,
+                    ni,
+                    mi,
+                    ki,
+                    &alpha as *const f32 as *const _,
+                    wp as *const _,
+                    cublas_sys::cudaDataType_t::CUDA_R_16BF,
+                    ki,
+                    xp as *const _,
+                    cublas_sys::cudaDataType_t::CUDA_R_16BF,
+                    ki,
+                    &beta as *const f32 as *const _,
+                    cp as *mut _,
+                    c_type,
+                    ni,
+                    cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+                )
+            }
+            .map_err(|e| Error::Device(format!("cublasGemmEx: {e:?}")))?;
+        }
+        Ok(CudaTensor {
+            buf: result,
+            len: m * n,
+        })
+    }
+
+    /// The split count of the default-mode split-KV attention, as flash-decoding servers pick
+    /// it: enough thread blocks to fill the GPU about twice, no split shorter than 128
+    /// positions, at most 64 splits.
+    fn default_splits(&self, work_rows: usize, heads: usize, max_len: usize) -> usize {
+        let blocks = work_rows * heads;
+        let target = 2 * self.sm_count;
+        if blocks >= target {
+            return 1;
+        }
+        target
+            .div_ceil(blocks)
+            .min(max_len.div_ceil(128))
+            .clamp(1, 64)
+    }
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn upload_f32(&self, data: &[f32]) -> Result<CudaTensor> {
+        Ok(CudaTensor {
+            buf: Buf::F32(self.upload(data)?),
+            len: data.len(),
+        })
+    }
+
+    fn upload_bf16(&self, bits: &[u16]) -> Result<CudaTensor> {
+        Ok(CudaTensor {
+            buf: Buf::Bf16(self.upload(bits)?),
+            len: bits.len(),
+        })
+    }
+
+    fn zeros(&self, dtype: DType, len: usize) -> Result<CudaTensor> {
+        Ok(CudaTensor {
+            buf: match dtype {
+                DType::F32 => Buf::F32(self.alloc_zeros(len)?),
+                DType::Bf16 => Buf::Bf16(self.alloc_zeros(len)?),
+            },
+            len,
+        })
+    }
+
+    fn download_f32(&self, t: &CudaTensor) -> Result<Vec<f32>> {
+        self.download(t.f32s("download_f32")?, t.len)
+    }
+
+    fn download_bf16(&self, t: &CudaTensor) -> Result<Vec<u16>> {
+        self.download(t.bf16s("download_bf16")?, t.len)
+    }
+
+    fn embedding(&self, table: &CudaTensor, ids: &[u32], dim: usize) -> Result<CudaTensor> {
+        let t = table.bf16s("embedding table")?;
+        let vocab = table.len.checked_div(dim).unwrap_or(0);
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::Input(format!(
+                "token id {id} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let total = ids.len() * dim;
+        let mut out = self.f32_tensor(total)?;
+        if total == 0 {
+            return Ok(out);
+        }
+        let d_ids = self.upload(ids)?;
+        let (n_ids, dim32) = (u32_arg(ids.len(), "ids")?, u32_arg(dim, "dim")?);
+        let Buf::F32(o) = &mut out.buf else {
+            unreachable!("f32_tensor is f32")
+        };
+        let f = self.func("embedding")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(t).arg(&d_ids).arg(o).arg(&n_ids).arg(&dim32);
+        // SAFETY: embedding(const unsigned short*, const unsigned int*, float*, unsigned int,
+        // unsigned int); ids < vocab was checked, out holds n_ids*dim elements.
+        unsafe { l.launch(grid_1d(total)?) }.map_err(device_err("embedding"))?;
+        Ok(out)
+    }
+
+    fn rms_norm(
+        &self,
+        x: &CudaTensor,
+        weight: &CudaTensor,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<CudaTensor> {
+        expect_tensor(x, "rms_norm input", DType::F32, rows * dim)?;
+        expect_tensor(weight, "rms_norm weight", DType::Bf16, dim)?;
+        let mut out = self.f32_tensor(rows * dim)?;
+        if rows * dim == 0 {
+            return Ok(out);
+        }
+        let chunks = dim.div_ceil(DOT_CHUNK);
+        let shared = chunks * 4;
+        if shared > 48 * 1024 {
+            return Err(Error::Unsupported(format!("rms_norm of dim {dim}")));
+        }
+        let (dim32, inv_dim) = (u32_arg(dim, "dim")?, contract::rms_inv_dim(dim));
+        let Buf::F32(o) = &mut out.buf else {
+            unreachable!("f32_tensor is f32")
+        };
+        let f = self.func("rms_norm")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(x.f32s("rms_norm")?)
+            .arg(weight.bf16s("rms_norm weight")?)
+            .arg(o)
+            .arg(&dim32)
+            .arg(&eps)
+            .arg(&inv_dim);
+        let cfg = LaunchConfig {
+            grid_dim: (u32_arg(rows, "rows")?, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: shared as u32,
+        };
+        // SAFETY: rms_norm(const float*, const unsigned short*, float*, unsigned int, float,
+        // float); x and out hold rows*dim elements, weight dim; one block per row with one
+        // shared float per chunk.
+        unsafe { l.launch(cfg) }.map_err(device_err("rms_norm"))?;
+        Ok(out)
+    }
+
+    fn matmul(
+        &self,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        shape: MatmulShape,
+        out: DType,
+    ) -> Result<CudaTensor> {
+        let MatmulShape { m, n, k } = shape;
+        expect_tensor(x, "matmul input", DType::F32, m * k)?;
+        expect_tensor(w, "matmul weight", DType::Bf16, n * k)?;
+        let (xs, ws) = (x.f32s("matmul")?, w.bf16s("matmul")?);
+        if m * n == 0 {
+            return self.zeros(out, m * n);
+        }
+        if k == 0 {
+            // An empty sum is +0.0 (bits 0 in f32 and in bf16).
+            return self.zeros(out, m * n);
+        }
+        if let (KernelMode::Default, Some(blas)) = (self.mode, &self.blas) {
+            return self.matmul_cublas(blas, xs, ws, shape, out);
+        }
+        let (m32, n32, k32) = (u32_arg(m, "m")?, u32_arg(n, "n")?, u32_arg(k, "k")?);
+        let mut result = match out {
+            DType::F32 => Buf::F32(self.alloc_zeros::<f32>(m * n)?),
+            DType::Bf16 => Buf::Bf16(self.alloc_zeros::<u16>(m * n)?),
+        };
+        if m <= GEMV_MAX_ROWS {
+            let chunks = k.div_ceil(DOT_CHUNK);
+            let chunks32 = u32_arg(chunks, "chunks")?;
+            let mut partials = self.alloc_zeros::<f32>(m * n * chunks)?;
+            let f = self.func("matmul_chunk_partials")?;
+            let mut l = self.stream.launch_builder(f);
+            l.arg(xs)
+                .arg(ws)
+                .arg(&mut partials)
+                .arg(&m32)
+                .arg(&n32)
+                .arg(&k32);
+            // SAFETY: matmul_chunk_partials(const float*, const unsigned short*, float*,
+            // unsigned int m, n, k); x holds m*k, w n*k, partials m*n*chunks elements; m is at
+            // most GEMV_MAX_ROWS.
+            unsafe { l.launch(grid_1d(n * chunks)?) }.map_err(device_err("matmul partials"))?;
+            let outputs = (m * n) as u64;
+            let name = match out {
+                DType::F32 => "matmul_combine_f32",
+                DType::Bf16 => "matmul_combine_bf16",
+            };
+            let f = self.func(name)?;
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&partials);
+            match &mut result {
+                Buf::F32(o) => l.arg(o),
+                Buf::Bf16(o) => l.arg(o),
+            };
+            l.arg(&outputs).arg(&chunks32);
+            // SAFETY: matmul_combine_*(const float*, out*, unsigned long long, unsigned int);
+            // partials holds outputs*chunks elements, out holds outputs.
+            unsafe { l.launch(grid_1d(m * n)?) }.map_err(device_err("matmul combine"))?;
+        } else {
+            let name = match out {
+                DType::F32 => "matmul_tiled_f32",
+                DType::Bf16 => "matmul_tiled_bf16",
+            };
+            let f = self.func(name)?;
+            let mut l = self.stream.launch_builder(f);
+            l.arg(xs).arg(ws);
+            match &mut result {
+                Buf::F32(o) => l.arg(o),
+                Buf::Bf16(o) => l.arg(o),
+            };
+            l.arg(&m32).arg(&n32).arg(&k32);
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    u32_arg(n.div_ceil(TILE), "n tiles")?,
+                    u32_arg(m.div_ceil(TILE), "m tiles")?,
+                    1,
+                ),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            if cfg.grid_dim.1 > 65535 {
+                return Err(Error::Unsupported(format!("matmul with m = {m}")));
+            }
+            // SAFETY: matmul_tiled_*(const float*, const unsigned short*, out*, unsigned int m,
+            // n, k); 256 threads as the kernel's __launch_bounds__; buffers as checked above.
+            unsafe { l.launch(cfg) }.map_err(device_err("matmul tiled"))?;
+        }
+        Ok(CudaTensor {
+            buf: result,
+            len: m * n,
+        })
+    }
+
+    fn rope(
+        &self,
+        x: &CudaTensor,
+        positions: &[u32],
+        tables: &RopeTables<CudaTensor>,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<CudaTensor> {
+        expect_tensor(
+            x,
+            "rope input",
+            DType::F32,
+            positions.len() * heads * head_dim,
+        )?;
+        if tables.half_dim * 2 != head_dim {
+            return Err(Error::Input(format!(
+                "rope: tables for head_dim {} used with head_dim {head_dim}",
+                tables.half_dim * 2
+            )));
+        }
+        let table_len = tables.positions * tables.half_dim;
+        expect_tensor(&tables.cos, "rope cos", DType::F32, table_len)?;
+        expect_tensor(&tables.sin, "rope sin", DType::F32, table_len)?;
+        if let Some(p) = positions.iter().find(|&&p| p as usize >= tables.positions) {
+            return Err(Error::Input(format!(
+                "rope: position {p} past the table's {} positions",
+                tables.positions
+            )));
+        }
+        let mut out = self.f32_tensor(x.len)?;
+        let items = positions.len() * heads * tables.half_dim;
+        if items == 0 {
+            return Ok(out);
+        }
+        let d_pos = self.upload(positions)?;
+        let (tokens, heads32, half) = (
+            u32_arg(positions.len(), "tokens")?,
+            u32_arg(heads, "heads")?,
+            u32_arg(tables.half_dim, "half_dim")?,
+        );
+        let Buf::F32(o) = &mut out.buf else {
+            unreachable!("f32_tensor is f32")
+        };
+        let f = self.func("rope")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(x.f32s("rope")?)
+            .arg(&d_pos)
+            .arg(tables.cos.f32s("rope cos")?)
+            .arg(tables.sin.f32s("rope sin")?)
+            .arg(o)
+            .arg(&tokens)
+            .arg(&heads32)
+            .arg(&half);
+        // SAFETY: rope(const float*, const unsigned int*, const float*, const float*, float*,
+        // unsigned int tokens, heads, half); positions < table rows was checked; x and out hold
+        // tokens*heads*2*half elements.
+        unsafe { l.launch(grid_1d(items)?) }.map_err(device_err("rope"))?;
+        Ok(out)
+    }
+
+    fn silu_mul(&self, gate: &CudaTensor, up: &CudaTensor) -> Result<CudaTensor> {
+        self.binary("silu_mul", gate, up)
+    }
+
+    fn add(&self, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
+        self.binary("add", a, b)
+    }
+
+    fn add_bias(
+        &self,
+        x: &CudaTensor,
+        bias: &CudaTensor,
+        rows: usize,
+        n: usize,
+    ) -> Result<CudaTensor> {
+        expect_tensor(x, "add_bias input", DType::F32, rows * n)?;
+        expect_tensor(bias, "add_bias bias", DType::Bf16, n)?;
+        let len = rows * n;
+        let mut out = self.f32_tensor(len)?;
+        if len == 0 {
+            return Ok(out);
+        }
+        let (len64, n32) = (len as u64, u32_arg(n, "n")?);
+        let Buf::F32(o) = &mut out.buf else {
+            unreachable!("f32_tensor is f32")
+        };
+        let f = self.func("add_bias")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(x.f32s("add_bias")?)
+            .arg(bias.bf16s("add_bias")?)
+            .arg(o)
+            .arg(&len64)
+            .arg(&n32);
+        // SAFETY: add_bias(const float*, const unsigned short*, float*, unsigned long long,
+        // unsigned int); x and out hold len elements, bias n > 0.
+        unsafe { l.launch(grid_1d(len)?) }.map_err(device_err("add_bias"))?;
+        Ok(out)
+    }
+
+    fn write_kv(
+        &self,
+        k_cache: &mut CudaTensor,
+        v_cache: &mut CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        slots: &[u32],
+        row_len: usize,
+    ) -> Result<()> {
+        expect_tensor(k, "write_kv k", DType::F32, slots.len() * row_len)?;
+        expect_tensor(v, "write_kv v", DType::F32, slots.len() * row_len)?;
+        for cache in [&*k_cache, &*v_cache] {
+            if cache.dtype() != DType::Bf16 {
+                return Err(Error::Input("write_kv: cache not bf16".into()));
+            }
+            let slots_in_cache = cache.len / row_len.max(1);
+            if let Some(s) = slots.iter().find(|&&s| s as usize >= slots_in_cache) {
+                return Err(Error::Input(format!(
+                    "write_kv: slot {s} past the cache's {slots_in_cache} slots"
+                )));
+            }
+        }
+        if slots.is_empty() || row_len == 0 {
+            return Ok(());
+        }
+        // A slot named twice keeps its last row, as in the cpu backend's sequential loop; the
+        // kernel then never has two threads writing one element.
+        let mut last: HashMap<u32, u32> = HashMap::new();
+        for (i, &s) in slots.iter().enumerate() {
+            last.insert(s, i as u32);
+        }
+        let (mut src_rows, mut dst_slots) = (Vec::new(), Vec::new());
+        for (i, &s) in slots.iter().enumerate() {
+            if last[&s] == i as u32 {
+                src_rows.push(i as u32);
+                dst_slots.push(s);
+            }
+        }
+        let (d_src, d_slots) = (self.upload(&src_rows)?, self.upload(&dst_slots)?);
+        let (n_rows, row32) = (
+            u32_arg(src_rows.len(), "rows")?,
+            u32_arg(row_len, "row_len")?,
+        );
+        let f = self.func("write_kv")?;
+        let kc = k_cache.bf16s_mut("write_kv k cache")?;
+        let vc = v_cache.bf16s_mut("write_kv v cache")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(k.f32s("write_kv k")?)
+            .arg(v.f32s("write_kv v")?)
+            .arg(&d_src)
+            .arg(&d_slots)
+            .arg(kc)
+            .arg(vc)
+            .arg(&n_rows)
+            .arg(&row32);
+        // SAFETY: write_kv(const float*, const float*, const unsigned int*, const unsigned int*,
+        // unsigned short*, unsigned short*, unsigned int, unsigned int); every slot was checked
+        // against both caches, source rows index k and v of slots.len()*row_len elements.
+        unsafe { l.launch(grid_1d(src_rows.len() * row_len)?) }.map_err(device_err("write_kv"))?;
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &CudaTensor,
+        k_cache: &CudaTensor,
+        v_cache: &CudaTensor,
+        seqs: &[AttnSeq],
+        block_table: &[u32],
+        g: AttnGeometry,
+    ) -> Result<CudaTensor> {
+        let rows = check_attention(q.len, k_cache.len, seqs, block_table, &g)?;
+        if v_cache.len != k_cache.len {
+            return Err(Error::Input(
+                "attention: K and V caches differ in size".into(),
+            ));
+        }
+        if g.head_dim > ATTN_MAX_HEAD_DIM {
+            return Err(Error::Unsupported(format!(
+                "attention with head_dim {} (at most {ATTN_MAX_HEAD_DIM})",
+                g.head_dim
+            )));
+        }
+        let (qs, kc, vc) = (
+            q.f32s("attention q")?,
+            k_cache.bf16s("attention k cache")?,
+            v_cache.bf16s("attention v cache")?,
+        );
+        let mut out = self.f32_tensor(rows * g.heads * g.head_dim)?;
+        // The query rows to compute: (row, absolute position, first block-table entry). Rows no
+        // sequence names stay zero, as in the cpu backend.
+        let mut work: Vec<u32> = Vec::new();
+        let mut max_len = 0usize;
+        for s in seqs {
+            for i in 0..s.q_len {
+                let t = s.ctx_len + i;
+                work.extend([
+                    u32_arg(s.q_start + i, "row")?,
+                    u32_arg(t, "position")?,
+                    u32_arg(s.block_table_start, "block table start")?,
+                ]);
+                max_len = max_len.max(t + 1);
+            }
+        }
+        let n_work = work.len() / 3;
+        if n_work == 0 {
+            return Ok(out);
+        }
+        if n_work > 65535 {
+            return Err(Error::Unsupported(format!(
+                "attention over {n_work} query rows in one call"
+            )));
+        }
+        let d_work = self.upload(&work)?;
+        let d_table = self.upload(block_table)?;
+        let (heads, kv_heads, head_dim, page_size) = (
+            u32_arg(g.heads, "heads")?,
+            u32_arg(g.kv_heads, "kv_heads")?,
+            u32_arg(g.head_dim, "head_dim")?,
+            u32_arg(g.page_size, "page_size")?,
+        );
+        let scale = g.scale;
+        let n_work32 = n_work as u32;
+        let Buf::F32(o) = &mut out.buf else {
+            unreachable!("f32_tensor is f32")
+        };
+
+        if self.mode == KernelMode::Default && g.head_dim % 32 == 0 {
+            let splits = self.default_splits(n_work, g.heads, max_len);
+            let splits32 = splits as u32;
+            let mut partials =
+                self.alloc_zeros::<f32>(n_work * g.heads * splits * (g.head_dim + 2))?;
+            let f = self.func("attention_splitkv")?;
+            let mut l = self.stream.launch_builder(f);
+            l.arg(qs)
+                .arg(kc)
+                .arg(vc)
+                .arg(&d_table)
+                .arg(&heads)
+                .arg(&kv_heads)
+                .arg(&head_dim)
+                .arg(&page_size)
+                .arg(&scale)
+                .arg(&d_work)
+                .arg(&splits32)
+                .arg(&mut partials);
+            let cfg = LaunchConfig {
+                grid_dim: (heads, n_work32, splits32),
+                block_dim: (SPLITKV_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: attention_splitkv(q, k_cache, v_cache, block_table, heads, kv_heads,
+            // head_dim, page_size, scale, work, splits, partials) as declared in
+            // attention_default.cu; check_attention bounded every page and row; head_dim is a
+            // multiple of 32 and at most 256; partials holds work*heads*splits*(head_dim+2).
+            unsafe { l.launch(cfg) }.map_err(device_err("attention_splitkv"))?;
+            let f = self.func("attention_splitkv_combine")?;
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&partials)
+                .arg(&d_work)
+                .arg(o)
+                .arg(&heads)
+                .arg(&head_dim)
+                .arg(&splits32);
+            let cfg = LaunchConfig {
+                grid_dim: (heads, n_work32, 1),
+                block_dim: (head_dim.div_ceil(32) * 32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: attention_splitkv_combine(partials, work, out, heads, head_dim, splits);
+            // out holds rows*heads*head_dim and every work row is below rows.
+            unsafe { l.launch(cfg) }.map_err(device_err("attention_splitkv_combine"))?;
+            return Ok(out);
+        }
+
+        // Invariant attention: pick the launch shape (same bits either way).
+        let blocks_per_row: Vec<usize> = work
+            .chunks(3)
+            .map(|w| w[1] as usize / ATTN_BLOCK + 1)
+            .collect();
+        let items: usize = blocks_per_row.iter().sum();
+        let scratch_bytes = items * g.heads * (g.head_dim + 2) * 4;
+        let split = match self.attention_path {
+            AttentionPath::Fused => false,
+            AttentionPath::Split => true,
+            AttentionPath::Auto => {
+                items > n_work && n_work * g.heads < 4 * self.sm_count && scratch_bytes <= 256 << 20
+            }
+        };
+        if !split {
+            let f = self.func("attention_fused")?;
+            let mut l = self.stream.launch_builder(f);
+            l.arg(qs)
+                .arg(kc)
+                .arg(vc)
+                .arg(&d_table)
+                .arg(&heads)
+                .arg(&kv_heads)
+                .arg(&head_dim)
+                .arg(&page_size)
+                .arg(&scale)
+                .arg(&d_work)
+                .arg(o);
+            let cfg = LaunchConfig {
+                grid_dim: (heads, n_work32, 1),
+                block_dim: (ATTN_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: attention_fused(q, k_cache, v_cache, block_table, heads, kv_heads,
+            // head_dim, page_size, scale, work, out) as declared in attention.cu;
+            // check_attention bounded every page and row, head_dim <= ATTN_MAX_HEAD_DIM.
+            unsafe { l.launch(cfg) }.map_err(device_err("attention_fused"))?;
+            return Ok(out);
+        }
+        if items > 65535 {
+            return Err(Error::Unsupported(format!(
+                "split attention over {items} KV blocks in one call"
+            )));
+        }
+        let mut item_list = Vec::with_capacity(items * 2);
+        let mut first_item = Vec::with_capacity(n_work);
+        for (w, &blocks) in blocks_per_row.iter().enumerate() {
+            first_item.push((item_list.len() / 2) as u32);
+            for b in 0..blocks {
+                item_list.extend([w as u32, b as u32]);
+            }
+        }
+        let (d_items, d_first) = (self.upload(&item_list)?, self.upload(&first_item)?);
+        let mut partials = self.alloc_zeros::<f32>(items * g.heads * (g.head_dim + 2))?;
+        let f = self.func("attention_block_partials")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(qs)
+            .arg(kc)
+            .arg(vc)
+            .arg(&d_table)
+            .arg(&heads)
+            .arg(&kv_heads)
+            .arg(&head_dim)
+            .arg(&page_size)
+            .arg(&scale)
+            .arg(&d_work)
+            .arg(&d_items)
+            .arg(&mut partials);
+        let cfg = LaunchConfig {
+            grid_dim: (heads, items as u32, 1),
+            block_dim: (ATTN_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: attention_block_partials(q, k_cache, v_cache, block_table, heads, kv_heads,
+        // head_dim, page_size, scale, work, items, partials) as declared in attention.cu; each
+        // item's block lies within 0..=t of its row; partials holds items*heads*(head_dim+2).
+        unsafe { l.launch(cfg) }.map_err(device_err("attention_block_partials"))?;
+        let f = self.func("attention_merge_partials")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&partials)
+            .arg(&d_work)
+            .arg(&d_first)
+            .arg(o)
+            .arg(&heads)
+            .arg(&head_dim);
+        let cfg = LaunchConfig {
+            grid_dim: (heads, n_work32, 1),
+            block_dim: (head_dim.div_ceil(32) * 32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: attention_merge_partials(partials, work, first_item, out, heads, head_dim);
+        // first_item[w] + blocks(w) items exist for every w.
+        unsafe { l.launch(cfg) }.map_err(device_err("attention_merge_partials"))?;
+        Ok(out)
+    }
+
+    fn argmax(&self, logits: &CudaTensor, rows: usize, vocab: usize) -> Result<Vec<u32>> {
+        expect_tensor(logits, "argmax", DType::F32, rows * vocab)?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        if vocab == 0 {
+            return Ok(vec![0; rows]);
+        }
+        let mut out = self.alloc_zeros::<u32>(rows)?;
+        let vocab32 = u32_arg(vocab, "vocab")?;
+        let f = self.func("argmax")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(logits.f32s("argmax")?).arg(&mut out).arg(&vocab32);
+        let cfg = LaunchConfig {
+            grid_dim: (u32_arg(rows, "rows")?, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: argmax(const float*, unsigned int*, unsigned int) with ARGMAX_THREADS = 256
+        // threads; logits hold rows*vocab elements, out rows.
+        unsafe { l.launch(cfg) }.map_err(device_err("argmax"))?;
+        self.download(&out, rows)
+    }
+}
+
+impl CudaBackend {
+    /// silu_mul and add: two f32 tensors of one length in, one out.
+    fn binary(&self, name: &str, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
+        let (sa, sb) = (a.f32s(name)?, b.f32s(name)?);
+        if a.len != b.len {
+            return Err(Error::Input(format!("{name}: operands differ in length")));
+        }
+        let mut out = self.f32_tensor(a.len)?;
+        if a.len == 0 {
+            return Ok(out);
+        }
+        let len = a.len as u64;
+        let Buf::F32(o) = &mut out.buf else {
+            unreachable!("f32_tensor is f32")
+        };
+        let f = self.func(name)?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(sa).arg(sb).arg(o).arg(&len);
+        // SAFETY: silu_mul/add(const float*, const float*, float*, unsigned long long); all
+        // three buffers hold len elements.
+        unsafe { l.launch(grid_1d(a.len)?) }.map_err(device_err(name))?;
+        Ok(out)
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // Finish queued work before the buffers and modules go; an error here has nowhere to go.
+        let _ = self.ctx.synchronize();
+    }
+}

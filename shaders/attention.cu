@@ -1,0 +1,232 @@
+// Causal attention over the paged bf16 KV cache in the contract's order
+// (contract::attention_query): positions 0..=t in blocks of ATTN_BLOCK aligned at multiples of
+// ATTN_BLOCK; per block the scores, their max (sequential fold), the exponentials, their sum
+// and the value sums, each in ascending position order; blocks merged in ascending order by
+// contract::attention_merge. Two launch shapes give the same bits:
+// - attention_fused: one thread block per (query, head) walks every block and merges as it goes
+//   (prefill: many queries, enough parallelism);
+// - attention_block_partials + attention_merge_partials: one thread block per (query, head, KV
+//   block) writes that block's partial, then one per (query, head) merges the partials in
+//   ascending order (decode: few queries, long contexts).
+//
+// `work` lists the query rows to compute, three u32 each: row index, absolute position t, and
+// the sequence's first block-table entry. Head dims up to ATTN_MAX_HEAD_DIM (checked on host).
+
+#define ATTN_THREADS 256
+#define ATTN_MAX_HEAD_DIM 256
+
+struct AttnArgs {
+    const float* q;
+    const unsigned short* k_cache;
+    const unsigned short* v_cache;
+    const unsigned int* block_table;
+    unsigned int heads;
+    unsigned int kv_heads;
+    unsigned int head_dim;
+    unsigned int page_size;
+    float scale;
+};
+
+struct AttnShared {
+    float q[ATTN_MAX_HEAD_DIM];
+    float p[ATTN_BLOCK];
+    unsigned long long kv_offset[ATTN_BLOCK];
+    float block_max;
+    float block_sum;
+};
+
+// Loads query head h of `row`, rounded to bf16, into shared memory.
+__device__ __forceinline__ void attn_load_q(const AttnArgs& a, unsigned int row, unsigned int h,
+                                            AttnShared& s) {
+    const float* qh = a.q + ((unsigned long long)row * a.heads + h) * a.head_dim;
+    for (unsigned int d = threadIdx.x; d < a.head_dim; d += blockDim.x) {
+        s.q[d] = round_bf16(qh[d]);
+    }
+    __syncthreads();
+}
+
+// The partial of positions start..start+n of one (query, KV head) (contract::attention_block).
+// Leaves the block max and sum in shared memory and returns acc[threadIdx.x] (for threads below
+// head_dim). Starts and ends with a barrier, so it may be called in a loop.
+__device__ float attn_block_partial(const AttnArgs& a, unsigned int table_start, unsigned int kvh,
+                                    unsigned int start, unsigned int n, AttnShared& s) {
+    const unsigned int d = a.head_dim;
+    const unsigned long long kv_row = (unsigned long long)a.kv_heads * d;
+    // Scores: thread j owns position start + j; its dot product runs in the chunked order.
+    for (unsigned int j = threadIdx.x; j < n; j += blockDim.x) {
+        unsigned int p = start + j;
+        unsigned long long slot =
+            (unsigned long long)a.block_table[table_start + p / a.page_size] * a.page_size +
+            p % a.page_size;
+        unsigned long long offset = slot * kv_row + (unsigned long long)kvh * d;
+        s.kv_offset[j] = offset;
+        const unsigned short* key = a.k_cache + offset;
+        float total = 0.0f;
+        for (unsigned int c0 = 0; c0 < d; c0 += DOT_CHUNK) {
+            unsigned int c1 = min(c0 + DOT_CHUNK, d);
+            float part = 0.0f;
+            if ((d & 7u) == 0u) {
+                // Rows are kv_heads * d bf16 values with d a multiple of 8: 16-byte aligned.
+                for (unsigned int kk = c0; kk < c1; kk += 8) {
+                    float kv[8];
+                    unpack_bf16x8(*reinterpret_cast<const uint4*>(key + kk), kv);
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) {
+                        part = fmaf(s.q[kk + e], kv[e], part);
+                    }
+                }
+            } else {
+                for (unsigned int kk = c0; kk < c1; ++kk) {
+                    part = fmaf(s.q[kk], bf16_to_f32(key[kk]), part);
+                }
+            }
+            total = combine_chunk_partials(total, part);
+        }
+        s.p[j] = mul_rn(total, a.scale);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float m = s.p[0];
+        for (unsigned int j = 1; j < n; ++j) {
+            m = max_step(m, s.p[j]);
+        }
+        s.block_max = m;
+    }
+    __syncthreads();
+    const float m = s.block_max;
+    for (unsigned int j = threadIdx.x; j < n; j += blockDim.x) {
+        s.p[j] = contract_exp(s.p[j] - m);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float sum = 0.0f;
+        for (unsigned int j = 0; j < n; ++j) {
+            sum = sum + s.p[j];
+        }
+        s.block_sum = sum;
+    }
+    float acc = 0.0f;
+    if (threadIdx.x < d) {
+        for (unsigned int j = 0; j < n; ++j) {
+            acc = acc + mul_rn(s.p[j], bf16_to_f32(a.v_cache[s.kv_offset[j] + threadIdx.x]));
+        }
+    }
+    __syncthreads();
+    return acc;
+}
+
+// The running state of contract::attention_merge, held identically by every thread (acc: each
+// thread's own dimension).
+struct AttnState {
+    float max;
+    float sum;
+    float acc;
+};
+
+__device__ __forceinline__ void attn_merge(AttnState& st, float next_max, float next_sum,
+                                           float next_acc) {
+    float m = max_step(st.max, next_max);
+    float alpha = contract_exp(st.max - m);
+    float beta = contract_exp(next_max - m);
+    st.sum = mul_rn(st.sum, alpha) + mul_rn(next_sum, beta);
+    st.acc = mul_rn(st.acc, alpha) + mul_rn(next_acc, beta);
+    st.max = m;
+}
+
+__device__ __forceinline__ void attn_finish(const AttnState& st, float* out_row_head,
+                                            unsigned int d) {
+    float inv = contract_recip(st.sum);
+    if (threadIdx.x < d) {
+        out_row_head[threadIdx.x] = mul_rn(st.acc, inv);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
+attention_fused(const float* __restrict__ q, const unsigned short* __restrict__ k_cache,
+    const unsigned short* __restrict__ v_cache, const unsigned int* __restrict__ block_table,
+    unsigned int heads, unsigned int kv_heads, unsigned int head_dim, unsigned int page_size,
+    float scale,
+    const unsigned int* __restrict__ work, float* __restrict__ out) {
+    AttnArgs a = {q, k_cache, v_cache, block_table, heads, kv_heads, head_dim, page_size, scale};
+    __shared__ AttnShared s;
+    unsigned int h = blockIdx.x;
+    unsigned int row = work[3 * blockIdx.y];
+    unsigned int t = work[3 * blockIdx.y + 1];
+    unsigned int table_start = work[3 * blockIdx.y + 2];
+    unsigned int kvh = h / (a.heads / a.kv_heads);
+    attn_load_q(a, row, h, s);
+    AttnState st;
+    for (unsigned int start = 0; start <= t; start += ATTN_BLOCK) {
+        unsigned int n = min((unsigned int)ATTN_BLOCK, t + 1 - start);
+        float acc = attn_block_partial(a, table_start, kvh, start, n, s);
+        if (start == 0) {
+            st.max = s.block_max;
+            st.sum = s.block_sum;
+            st.acc = acc;
+        } else {
+            attn_merge(st, s.block_max, s.block_sum, acc);
+        }
+    }
+    attn_finish(st, out + ((unsigned long long)row * a.heads + h) * a.head_dim, a.head_dim);
+}
+
+// `items` lists (work index, block index) pairs; the blocks of one work row are consecutive and
+// ascending. Partials: per (item, head) head_dim + 2 floats: max, sum, acc[0..head_dim].
+extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
+attention_block_partials(const float* __restrict__ q, const unsigned short* __restrict__ k_cache,
+    const unsigned short* __restrict__ v_cache, const unsigned int* __restrict__ block_table,
+    unsigned int heads, unsigned int kv_heads, unsigned int head_dim, unsigned int page_size,
+    float scale,
+    const unsigned int* __restrict__ work, const unsigned int* __restrict__ items,
+    float* __restrict__ partials) {
+    AttnArgs a = {q, k_cache, v_cache, block_table, heads, kv_heads, head_dim, page_size, scale};
+    __shared__ AttnShared s;
+    unsigned int h = blockIdx.x;
+    unsigned int item = blockIdx.y;
+    unsigned int w = items[2 * item];
+    unsigned int block = items[2 * item + 1];
+    unsigned int row = work[3 * w];
+    unsigned int t = work[3 * w + 1];
+    unsigned int table_start = work[3 * w + 2];
+    unsigned int kvh = h / (a.heads / a.kv_heads);
+    unsigned int start = block * ATTN_BLOCK;
+    unsigned int n = min((unsigned int)ATTN_BLOCK, t + 1 - start);
+    attn_load_q(a, row, h, s);
+    float acc = attn_block_partial(a, table_start, kvh, start, n, s);
+    float* dst = partials + ((unsigned long long)item * a.heads + h) * (a.head_dim + 2);
+    if (threadIdx.x == 0) {
+        dst[0] = s.block_max;
+        dst[1] = s.block_sum;
+    }
+    if (threadIdx.x < a.head_dim) {
+        dst[2 + threadIdx.x] = acc;
+    }
+}
+
+// One thread block per (work row, head), one thread per dimension: merges that row's block
+// partials in ascending order, then finishes. `first_item[w]` is w's first item.
+extern "C" __global__ void attention_merge_partials(const float* __restrict__ partials,
+                                                    const unsigned int* __restrict__ work,
+                                                    const unsigned int* __restrict__ first_item,
+                                                    float* __restrict__ out, unsigned int heads,
+                                                    unsigned int head_dim) {
+    unsigned int h = blockIdx.x;
+    unsigned int w = blockIdx.y;
+    unsigned int row = work[3 * w];
+    unsigned int t = work[3 * w + 1];
+    unsigned int blocks = t / ATTN_BLOCK + 1;
+    unsigned int item0 = first_item[w];
+    unsigned int dd = threadIdx.x < head_dim ? threadIdx.x : 0;
+    AttnState st;
+    for (unsigned int b = 0; b < blocks; ++b) {
+        const float* p = partials + ((unsigned long long)(item0 + b) * heads + h) * (head_dim + 2);
+        if (b == 0) {
+            st.max = p[0];
+            st.sum = p[1];
+            st.acc = p[2 + dd];
+        } else {
+            attn_merge(st, p[0], p[1], p[2 + dd]);
+        }
+    }
+    attn_finish(st, out + ((unsigned long long)row * heads + h) * head_dim, head_dim);
+}
