@@ -1,10 +1,10 @@
-//! The WGSL primitives (numerics.wgsl, through numerics_probe.wgsl) against the Rust contract,
+//! The GPU primitives (numerics.wgsl and numerics.cuh, through their probe kernels) against the Rust contract,
 //! bit for bit, over about a million inputs spanning the f32 range plus the edge cases.
-//! Only the wgpu backend has WGSL primitives; the cpu backend *is* the Rust contract.
+//! The cpu backend *is* the Rust contract.
 
 mod common;
 
-use common::{compare_bits, wgpu_backend};
+use common::{compare_bits, cuda_backend, wgpu_backend};
 use ditto::shaders::ProbeOp;
 
 /// ±0, the smallest and largest subnormals, the smallest normal and its neighbours, values
@@ -53,6 +53,20 @@ fn edge_cases() -> Vec<f32> {
 #[test]
 fn wgsl_primitives_match_rust_bit_for_bit() {
     let Some(b) = wgpu_backend() else { return };
+    primitives_match_rust("WGSL", |op, a, b2| b.probe(op, a, b2));
+}
+
+#[test]
+fn cuda_primitives_match_rust_bit_for_bit() {
+    let Some(b) = cuda_backend() else { return };
+    primitives_match_rust("CUDA", |op, a, b2| b.numerics_probe(op, a, b2));
+}
+
+/// Runs every probe op of one backend over the inputs and compares with the Rust contract.
+fn primitives_match_rust(
+    name: &str,
+    probe: impl Fn(ProbeOp, &[f32], &[f32]) -> ditto::engine::Result<Vec<u32>>,
+) {
     let edges = edge_cases();
     // Every 4099th bit pattern (a million inputs over the whole range), then the edge cases;
     // the second operand is a different walk through the bit patterns, then every edge pair.
@@ -70,14 +84,14 @@ fn wgsl_primitives_match_rust_bit_for_bit() {
     }
     println!("{} inputs per operation", a.len());
     for op in ProbeOp::ALL {
-        let got = b.probe(op, &a, &second).expect("probe");
+        let got = probe(op, &a, &second).expect("probe");
         let want: Vec<u32> = a
             .iter()
             .zip(&second)
             .map(|(&x, &y)| op.reference(x, y))
             .collect();
         if let Err(e) = compare_bits(&got, &want) {
-            panic!("{op:?}: WGSL differs from Rust: {e}");
+            panic!("{op:?}: {name} differs from Rust: {e}");
         }
         println!("{op:?}: {} inputs identical", a.len());
     }

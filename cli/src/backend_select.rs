@@ -1,10 +1,11 @@
 //! Choosing a backend: the one place the CLI names concrete backends. Everything else is
 //! generic over [`Backend`] and reaches a chosen backend through [`Selected::run`].
 //!
-//! `auto` tries, in order: CUDA (not built into ditto yet: skipped with a note), the wgpu
+//! `auto` tries, in order: CUDA (when a driver, NVRTC and a GPU are found), the wgpu
 //! adapter [`WgpuBackend::new`] prefers (a real GPU before a CPU driver such as lavapipe), then
 //! the `cpu` backend.
 
+use ditto_cuda::CudaBackend;
 use ditto_engine::cpu::CpuBackend;
 use ditto_engine::wgpu::{list_adapters, WgpuBackend};
 use ditto_engine::{Backend, Error, KernelMode, Result};
@@ -21,6 +22,7 @@ pub enum BackendChoice {
 /// A backend, opened.
 pub enum Selected {
     Cpu(CpuBackend),
+    Cuda(CudaBackend),
     Wgpu(WgpuBackend),
 }
 
@@ -35,6 +37,7 @@ impl Selected {
     pub fn name(&self) -> &'static str {
         match self {
             Selected::Cpu(_) => "cpu",
+            Selected::Cuda(_) => "cuda",
             Selected::Wgpu(_) => "wgpu",
         }
     }
@@ -43,6 +46,7 @@ impl Selected {
     pub fn describe(&self) -> String {
         match self {
             Selected::Cpu(b) => b.describe(),
+            Selected::Cuda(b) => b.describe(),
             Selected::Wgpu(b) => b.describe(),
         }
     }
@@ -50,12 +54,11 @@ impl Selected {
     pub fn run<J: BackendJob>(self, job: J) -> J::Output {
         match self {
             Selected::Cpu(b) => job.run(b),
+            Selected::Cuda(b) => job.run(b),
             Selected::Wgpu(b) => job.run(b),
         }
     }
 }
-
-const CUDA_NOTE: &str = "cuda: not built into this ditto yet";
 
 fn open_cpu(mode: KernelMode) -> Result<Selected> {
     if mode != KernelMode::Invariant {
@@ -76,9 +79,13 @@ pub fn select(choice: BackendChoice, mode: KernelMode) -> Result<(Selected, Vec<
     match choice {
         BackendChoice::Cpu => Ok((open_cpu(mode)?, Vec::new())),
         BackendChoice::Wgpu => Ok((open_wgpu(mode)?, Vec::new())),
-        BackendChoice::Cuda => Err(Error::Unsupported(CUDA_NOTE.into())),
+        BackendChoice::Cuda => Ok((CudaBackend::new(mode).map(Selected::Cuda)?, Vec::new())),
         BackendChoice::Auto => {
-            let mut notes = vec![format!("{CUDA_NOTE}, skipped")];
+            let mut notes = Vec::new();
+            match CudaBackend::new(mode) {
+                Ok(b) => return Ok((Selected::Cuda(b), notes)),
+                Err(e) => notes.push(format!("{e}; trying wgpu")),
+            }
             match open_wgpu(mode) {
                 Ok(b) => return Ok((b, notes)),
                 Err(e) => notes.push(format!("{e}; falling back to cpu")),
@@ -91,10 +98,12 @@ pub fn select(choice: BackendChoice, mode: KernelMode) -> Result<(Selected, Vec<
 
 /// The lines of `ditto devices`.
 pub fn list_devices() -> Vec<String> {
-    let mut lines = vec![
-        format!("cpu: {}", CpuBackend::new().describe()),
-        CUDA_NOTE.to_string(),
-    ];
+    let mut lines = vec![format!("cpu: {}", CpuBackend::new().describe())];
+    match ditto_cuda::list_devices() {
+        Ok(devices) if devices.is_empty() => lines.push("cuda: no device".into()),
+        Ok(devices) => lines.extend(devices.iter().map(|d| format!("cuda: {d}"))),
+        Err(e) => lines.push(format!("cuda: {e}")),
+    }
     lines.extend(wgpu_lines());
     lines
 }

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+use ditto::cuda::CudaBackend;
 use ditto::engine::cpu::CpuBackend;
 use ditto::engine::wgpu::WgpuBackend;
 use ditto::engine::{Backend, KernelMode};
@@ -135,11 +136,33 @@ pub fn wgpu_backend() -> Option<&'static WgpuBackend> {
 
 /// `backend_tests!(body_a, body_b, …)` makes `cpu::body_a`, `wgpu::body_a`, … each a `#[test]`
 /// that runs `body_a(backend)`. A new backend is one more `@backend` line.
+/// The CUDA backend, or `None` with a printed reason where there is no driver or GPU (as on CI).
+/// With `DITTO_REQUIRE_CUDA=1` (set on the GPU machine) a missing backend fails instead.
+pub fn cuda_backend() -> Option<&'static CudaBackend> {
+    static CUDA: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
+    let opened = CUDA.get_or_init(|| {
+        CudaBackend::new(KernelMode::Invariant)
+            .inspect(|b| eprintln!("cuda tests run on: {}", b.describe()))
+            .map_err(|e| e.to_string())
+    });
+    match opened {
+        Ok(b) => Some(b),
+        Err(e) => {
+            if std::env::var("DITTO_REQUIRE_CUDA").as_deref() == Ok("1") {
+                panic!("DITTO_REQUIRE_CUDA=1 but the cuda backend is unavailable: {e}");
+            }
+            eprintln!("skipped: no CUDA ({e})");
+            None
+        }
+    }
+}
+
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
         backend_tests!(@backend cpu, $crate::common::cpu_backend(), $($name),*);
         backend_tests!(@backend wgpu, $crate::common::wgpu_backend(), $($name),*);
+        backend_tests!(@backend cuda, $crate::common::cuda_backend(), $($name),*);
     };
     (@backend $module:ident, $get:expr, $($name:ident),*) => {
         mod $module {
