@@ -63,7 +63,9 @@ pub fn flush_subnormal(x: f32) -> f32 {
 
 /// The explicitly rounded product: `a * b` rounded once to f32, never fused into a following
 /// addition, with a subnormal result flushed and a NaN made canonical. (rustc never contracts
-/// `*` and `+` into an FMA.)
+/// `*` and `+` into an FMA.) Its operands must not be subnormal — no value ditto makes is — since
+/// backends disagree on those (seen 2026-11-23: NVIDIA's Vulkan driver flushes them, CUDA and the
+/// CPU do not).
 #[inline]
 pub fn mul_rn(a: f32, b: f32) -> f32 {
     flush_subnormal(a * b)
