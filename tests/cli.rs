@@ -110,12 +110,7 @@ fn devices_lists_cpu() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("cpu"));
 }
 
-/// Needs the model loader (`loader` feature of ditto-cli, on once the loader is merged).
 #[test]
-#[cfg_attr(
-    not(feature = "cli-loader"),
-    ignore = "needs the loader wired into the CLI"
-)]
 fn prompt_longer_than_context() {
     // The tiny model's context is 640 positions.
     let dir = TinyModelDir::new("long");
@@ -133,12 +128,8 @@ fn prompt_longer_than_context() {
     assert_clean_failure(&ditto(&args), "longer than the context");
 }
 
-/// Needs the model loader, as above: the whole path, JSON output, determinism.
+/// The whole path, JSON output, determinism.
 #[test]
-#[cfg_attr(
-    not(feature = "cli-loader"),
-    ignore = "needs the loader wired into the CLI"
-)]
 fn generate_json_is_deterministic() {
     let dir = TinyModelDir::new("json");
     let mut args = os(&[

@@ -18,17 +18,5 @@ pub fn check_model_path(path: &Path) -> Result<()> {
 /// Loads a Hugging Face directory or a GGUF file.
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
     check_model_path(path)?;
-    read(path)
-}
-
-#[cfg(feature = "loader")]
-fn read(path: &Path) -> Result<LoadedModel> {
-    ditto_engine::loader::load(path, |_| {})
-}
-
-#[cfg(not(feature = "loader"))]
-fn read(_path: &Path) -> Result<LoadedModel> {
-    Err(Error::Unsupported(
-        "model loading is not built into this ditto (the `loader` feature of ditto-cli)".into(),
-    ))
+    ditto_engine::loader::load(path, std::io::IsTerminal::is_terminal(&std::io::stderr()))
 }
