@@ -336,9 +336,7 @@ fn gguf_tensor_types_dequantize() {
         q40.extend(f16_bits(d));
         q41.extend(f16_bits(d));
         q41.extend(f16_bits(m));
-        let codes: Vec<i32> = (0..32)
-            .map(|j| ((j * 7 + row * 3) % 255) as i32 - 127)
-            .collect();
+        let codes: Vec<i32> = (0..32).map(|j| ((j * 7 + row * 3) % 255) - 127).collect();
         for &c in &codes {
             q8.push(c as i8 as u8);
             q8w.push(round_bf16_bits(c as f32 * dd));
@@ -615,7 +613,7 @@ fn write_hf(
     let (_, exp) = tiny(gguf_arch, tied);
     let mut names: Vec<&String> = exp.keys().collect();
     names.sort();
-    let mut files: Vec<Vec<(String, &str, Vec<usize>, Vec<u8>)>> = vec![vec![], vec![]];
+    let mut files: Vec<Vec<StTensor>> = vec![vec![], vec![]];
     let mut want = HashMap::new();
     for (i, name) in names.iter().enumerate() {
         let (shape, v) = &exp[*name];

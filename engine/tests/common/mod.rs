@@ -164,8 +164,11 @@ impl Drop for Scratch {
     }
 }
 
-/// A safetensors file: (name, dtype string, shape, raw little-endian bytes).
-pub fn safetensors_bytes(tensors: &[(String, &str, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
+/// A safetensors tensor: (name, dtype string, shape, raw little-endian bytes).
+pub type StTensor<'a> = (String, &'a str, Vec<usize>, Vec<u8>);
+
+/// A safetensors file of `tensors`.
+pub fn safetensors_bytes(tensors: &[StTensor]) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
     for (name, dtype, shape, data) in tensors {
