@@ -41,7 +41,7 @@ impl SourceType {
             SourceType::Q4_0 => (QK, 2 + QK / 2),
             SourceType::Q4_1 => (QK, 4 + QK / 2),
         };
-        if block > 1 && row_len % block != 0 {
+        if block > 1 && !row_len.is_multiple_of(block) {
             return Err(format!(
                 "{self:?} needs rows that are a multiple of {block} elements, got {row_len}"
             ));
@@ -135,7 +135,7 @@ pub(crate) fn unpermute_rows(
     row_len: usize,
     n_heads: usize,
 ) -> Result<Vec<u16>, String> {
-    if n_heads == 0 || rows % n_heads != 0 || (rows / n_heads) % 2 != 0 {
+    if n_heads == 0 || !rows.is_multiple_of(n_heads) || !(rows / n_heads).is_multiple_of(2) {
         return Err(format!(
             "cannot undo the rotary permutation: {rows} rows do not split into {n_heads} heads of even size"
         ));
@@ -169,7 +169,7 @@ fn run_job(job: &Job) -> Result<HostTensor> {
     }
     if let Some(heads) = job.unpermute_heads {
         let rows = job.shape.first().copied().unwrap_or(0);
-        let row_len = if rows == 0 { 0 } else { numel / rows };
+        let row_len = numel.checked_div(rows).unwrap_or(0);
         data = unpermute_rows(&data, rows, row_len, heads)
             .map_err(|e| Error::Format(format!("{}: {e}", job.name)))?;
     }
@@ -283,9 +283,10 @@ mod tests {
         b.extend((0..32i8).map(|j| (j - 16) as u8));
         out.clear();
         to_bf16(SourceType::Q8_0, &b, &mut out);
-        for j in 0..32 {
-            assert_eq!(out[j], round_bf16_bits((j as f32 - 16.0) * 2.0));
+        for (j, &v) in out.iter().enumerate() {
+            assert_eq!(v, round_bf16_bits((j as f32 - 16.0) * 2.0));
         }
+        assert_eq!(out.len(), 32);
     }
 
     #[test]

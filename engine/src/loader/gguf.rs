@@ -346,7 +346,7 @@ pub fn parse_header(bytes: &[u8], what: &str) -> Result<GgufHeader> {
         }
         let ggml_type = r.u32()?;
         let offset = r.u64()?;
-        if offset % alignment != 0 {
+        if !offset.is_multiple_of(alignment) {
             return Err(Error::Format(format!(
                 "{what}: tensor {name} offset {offset} is not a multiple of the alignment {alignment}"
             )));

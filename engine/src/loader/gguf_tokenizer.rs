@@ -6,8 +6,8 @@
 //!
 //! The pre-tokenizer depends on `tokenizer.ggml.pre`, the name llama.cpp gives each family's
 //! splitting regex:
-//! - `gpt-2`: GPT-2's regex (the `ByteLevel` pre-tokenizer's own);
-//! - `smollm`, `starcoder`, `refact`: every digit split off alone, then GPT-2's regex;
+//! - `gpt-2`, `smollm`: GPT-2's regex (the `ByteLevel` pre-tokenizer's own);
+//! - `starcoder`, `refact`: every digit split off alone, then GPT-2's regex;
 //! - `llama-bpe` (Llama 3): Llama 3's regex (digits in runs of up to 3);
 //! - `qwen2` (Qwen2, Qwen2.5, Qwen3): Qwen2's regex (single digits), after NFC normalization.
 //!
@@ -37,8 +37,12 @@ fn split(regex: &str) -> Json {
 /// (normalizer, pre-tokenizer) for a `tokenizer.ggml.pre` name.
 fn pre_tokenizer(pre: &str, what: &str) -> Result<(Json, Json)> {
     Ok(match pre {
-        "gpt-2" => (Json::Null, byte_level(true)),
-        "smollm" | "starcoder" | "refact" => (
+        // llama.cpp also splits off every numeric character for `smollm`, but transformers'
+        // rebuild of SmolLM2's GGUF tokenizer (ditto's reference, shared with the Hugging Face
+        // benchmark models) does not; the two differ when whitespace runs precede a digit.
+        // ditto follows transformers so the GGUF and Hugging Face paths tokenize alike.
+        "gpt-2" | "smollm" => (Json::Null, byte_level(true)),
+        "starcoder" | "refact" => (
             Json::Null,
             json!({"type": "Sequence", "pretokenizers": [
                 {"type": "Digits", "individual_digits": true},
