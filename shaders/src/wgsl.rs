@@ -12,6 +12,7 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("embedding", include_str!("../embedding.wgsl")),
     ("rms_norm", include_str!("../rms_norm.wgsl")),
     ("matmul", include_str!("../matmul.wgsl")),
+    ("matmul_default", include_str!("../matmul_default.wgsl")),
     ("rope", include_str!("../rope.wgsl")),
     ("elementwise", include_str!("../elementwise.wgsl")),
     ("kv_write", include_str!("../kv_write.wgsl")),

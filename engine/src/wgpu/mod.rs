@@ -127,6 +127,9 @@ pub struct WgpuBackend {
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
+    /// `Default` swaps in the split-K GEMV of `matmul_default.wgsl` for few-row matmuls; every
+    /// other kernel is the invariant one (no faster wgpu kernel exists for them yet).
+    mode: KernelMode,
 }
 
 impl WgpuBackend {
@@ -142,11 +145,6 @@ impl WgpuBackend {
     }
 
     fn open(mode: KernelMode, index: Option<usize>) -> Result<Self> {
-        if mode != KernelMode::Invariant {
-            return Err(Error::Unsupported(
-                "the wgpu backend implements only the invariant kernel mode so far".into(),
-            ));
-        }
         let instance = instance();
         let adapters = sorted_adapters(&instance);
         let adapter = match index {
@@ -183,6 +181,7 @@ impl WgpuBackend {
             info,
             limits,
             pipelines: Mutex::new(HashMap::new()),
+            mode,
         })
     }
 
@@ -614,7 +613,17 @@ impl Backend for WgpuBackend {
         if m * n > 0 {
             // The kernel is chosen from m alone; both compute the contract's order, so the
             // choice never changes bits (tests/batch_invariance.rs checks it).
-            if m <= GEMV_MAX_ROWS {
+            if m <= GEMV_MAX_ROWS && self.mode == KernelMode::Default {
+                let groups = self.groups(n)?;
+                self.run(
+                    "matmul_default",
+                    "gemv_split",
+                    &params,
+                    &buffers,
+                    groups,
+                    false,
+                )?;
+            } else if m <= GEMV_MAX_ROWS {
                 self.run("matmul", "gemv", &params, &buffers, self.groups(n)?, false)?;
             } else {
                 let (gx, gy) = (n.div_ceil(GEMM_TILE), m.div_ceil(GEMM_TILE));
