@@ -22,8 +22,8 @@ pub enum BackendChoice {
 /// A backend, opened.
 pub enum Selected {
     Cpu(CpuBackend),
-    Cuda(CudaBackend),
-    Wgpu(WgpuBackend),
+    Cuda(Box<CudaBackend>),
+    Wgpu(Box<WgpuBackend>),
 }
 
 /// Work generic over the backend: what a closure would be if closures could be generic.
@@ -54,8 +54,8 @@ impl Selected {
     pub fn run<J: BackendJob>(self, job: J) -> J::Output {
         match self {
             Selected::Cpu(b) => job.run(b),
-            Selected::Cuda(b) => job.run(b),
-            Selected::Wgpu(b) => job.run(b),
+            Selected::Cuda(b) => job.run(*b),
+            Selected::Wgpu(b) => job.run(*b),
         }
     }
 }
@@ -71,7 +71,7 @@ fn open_cpu(mode: KernelMode) -> Result<Selected> {
 }
 
 fn open_wgpu(mode: KernelMode) -> Result<Selected> {
-    WgpuBackend::new(mode).map(Selected::Wgpu)
+    WgpuBackend::new(mode).map(|b| Selected::Wgpu(Box::new(b)))
 }
 
 /// Opens the backend of `choice`. Returns it with notes for stderr on what `auto` tried.
@@ -79,11 +79,14 @@ pub fn select(choice: BackendChoice, mode: KernelMode) -> Result<(Selected, Vec<
     match choice {
         BackendChoice::Cpu => Ok((open_cpu(mode)?, Vec::new())),
         BackendChoice::Wgpu => Ok((open_wgpu(mode)?, Vec::new())),
-        BackendChoice::Cuda => Ok((CudaBackend::new(mode).map(Selected::Cuda)?, Vec::new())),
+        BackendChoice::Cuda => Ok((
+            CudaBackend::new(mode).map(|b| Selected::Cuda(Box::new(b)))?,
+            Vec::new(),
+        )),
         BackendChoice::Auto => {
             let mut notes = Vec::new();
             match CudaBackend::new(mode) {
-                Ok(b) => return Ok((Selected::Cuda(b), notes)),
+                Ok(b) => return Ok((Selected::Cuda(Box::new(b)), notes)),
                 Err(e) => notes.push(format!("{e}; trying wgpu")),
             }
             match open_wgpu(mode) {

@@ -979,7 +979,7 @@ impl Backend for CudaBackend {
             unreachable!("f32_tensor is f32")
         };
 
-        if self.mode == KernelMode::Default && g.head_dim % 32 == 0 {
+        if self.mode == KernelMode::Default && g.head_dim.is_multiple_of(32) {
             let splits = self.default_splits(n_work, g.heads, max_len);
             let splits32 = splits as u32;
             let mut partials =

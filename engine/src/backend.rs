@@ -193,7 +193,7 @@ pub fn check_attention(
     block_table: &[u32],
     g: &AttnGeometry,
 ) -> Result<usize> {
-    if g.heads == 0 || g.kv_heads == 0 || g.heads % g.kv_heads != 0 {
+    if g.heads == 0 || g.kv_heads == 0 || !g.heads.is_multiple_of(g.kv_heads) {
         return Err(Error::Input(format!(
             "attention: {} heads cannot share {} KV heads",
             g.heads, g.kv_heads
@@ -203,7 +203,7 @@ pub fn check_attention(
         return Err(Error::Input("attention: zero head_dim or page_size".into()));
     }
     let row = g.heads * g.head_dim;
-    if q_len % row != 0 {
+    if !q_len.is_multiple_of(row) {
         return Err(Error::Input(format!(
             "attention: query of {q_len} elements is not a whole number of {row}-element rows"
         )));

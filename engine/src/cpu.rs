@@ -126,7 +126,7 @@ impl Backend for CpuBackend {
 
     fn embedding(&self, table: &CpuTensor, ids: &[u32], dim: usize) -> Result<CpuTensor> {
         let table = table.bf16s("embedding table")?;
-        let vocab = if dim == 0 { 0 } else { table.len() / dim };
+        let vocab = table.len().checked_div(dim).unwrap_or(0);
         let mut out = Vec::with_capacity(ids.len() * dim);
         for &id in ids {
             if id as usize >= vocab {
