@@ -185,6 +185,11 @@ impl WgpuBackend {
         })
     }
 
+    /// Whether the adapter is a CPU driver (lavapipe, WARP) rather than a GPU.
+    pub fn is_cpu_adapter(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     /// The limits the device was opened with.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
