@@ -19,7 +19,7 @@ use cudarc::driver::{
     LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
-use ditto_engine::backend::{check_attention, expect_tensor, Tensor};
+use ditto_engine::backend::{check_attention, check_rope, expect_tensor, Tensor};
 use ditto_engine::{
     AttnGeometry, AttnSeq, Backend, DType, Error, KernelMode, MatmulShape, Result, RopeTables,
 };
@@ -761,27 +761,7 @@ impl Backend for CudaBackend {
         heads: usize,
         head_dim: usize,
     ) -> Result<CudaTensor> {
-        expect_tensor(
-            x,
-            "rope input",
-            DType::F32,
-            positions.len() * heads * head_dim,
-        )?;
-        if tables.half_dim * 2 != head_dim {
-            return Err(Error::Input(format!(
-                "rope: tables for head_dim {} used with head_dim {head_dim}",
-                tables.half_dim * 2
-            )));
-        }
-        let table_len = tables.positions * tables.half_dim;
-        expect_tensor(&tables.cos, "rope cos", DType::F32, table_len)?;
-        expect_tensor(&tables.sin, "rope sin", DType::F32, table_len)?;
-        if let Some(p) = positions.iter().find(|&&p| p as usize >= tables.positions) {
-            return Err(Error::Input(format!(
-                "rope: position {p} past the table's {} positions",
-                tables.positions
-            )));
-        }
+        check_rope(x, positions, tables, heads, head_dim)?;
         let mut out = self.f32_tensor(x.len)?;
         let items = positions.len() * heads * tables.half_dim;
         if items == 0 {

@@ -184,6 +184,38 @@ pub fn expect_tensor<T: Tensor>(t: &T, what: &str, dtype: DType, len: usize) -> 
     Ok(())
 }
 
+/// Checks a rope call's input, tables and positions, so that no kernel reads out of bounds.
+pub fn check_rope<T: Tensor>(
+    x: &T,
+    positions: &[u32],
+    tables: &RopeTables<T>,
+    heads: usize,
+    head_dim: usize,
+) -> Result<()> {
+    expect_tensor(
+        x,
+        "rope input",
+        DType::F32,
+        positions.len() * heads * head_dim,
+    )?;
+    if tables.half_dim * 2 != head_dim {
+        return Err(Error::Input(format!(
+            "rope: tables for head_dim {} used with head_dim {head_dim}",
+            tables.half_dim * 2
+        )));
+    }
+    let table_len = tables.positions * tables.half_dim;
+    expect_tensor(&tables.cos, "rope cos table", DType::F32, table_len)?;
+    expect_tensor(&tables.sin, "rope sin table", DType::F32, table_len)?;
+    if let Some(p) = positions.iter().find(|&&p| p as usize >= tables.positions) {
+        return Err(Error::Input(format!(
+            "rope: position {p} past the table's {} positions",
+            tables.positions
+        )));
+    }
+    Ok(())
+}
+
 /// Checks an attention call's sequences against the query rows, the block table and the
 /// cache size, so that no kernel reads out of bounds.
 pub fn check_attention(

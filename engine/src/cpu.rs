@@ -3,8 +3,8 @@
 //! threads only split independent outputs, never a sum.
 
 use crate::backend::{
-    check_attention, expect_tensor, AttnGeometry, AttnSeq, Backend, DType, MatmulShape, RopeTables,
-    Tensor,
+    check_attention, check_rope, expect_tensor, AttnGeometry, AttnSeq, Backend, DType, MatmulShape,
+    RopeTables, Tensor,
 };
 use crate::{Error, Result};
 use ditto_shaders::contract;
@@ -209,24 +209,7 @@ impl Backend for CpuBackend {
         heads: usize,
         head_dim: usize,
     ) -> Result<CpuTensor> {
-        expect_tensor(
-            x,
-            "rope input",
-            DType::F32,
-            positions.len() * heads * head_dim,
-        )?;
-        if tables.half_dim * 2 != head_dim {
-            return Err(Error::Input(format!(
-                "rope: tables for head_dim {} used with head_dim {head_dim}",
-                tables.half_dim * 2
-            )));
-        }
-        if let Some(p) = positions.iter().find(|&&p| p as usize >= tables.positions) {
-            return Err(Error::Input(format!(
-                "rope: position {p} past the table's {} positions",
-                tables.positions
-            )));
-        }
+        check_rope(x, positions, tables, heads, head_dim)?;
         let x = x.f32s("rope")?;
         let (cos, sin) = (tables.cos.f32s("rope cos")?, tables.sin.f32s("rope sin")?);
         let half = tables.half_dim;

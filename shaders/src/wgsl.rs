@@ -1,6 +1,6 @@
 //! Assembly of WGSL sources: generated constants, then `numerics.wgsl`, then the kernel.
 
-use crate::contract::*;
+use crate::SourceConstant;
 use std::fmt::Write;
 
 /// The primitives every kernel uses; see `numerics.wgsl`.
@@ -35,28 +35,13 @@ pub fn source(name: &str) -> String {
 /// written by Rust's shortest round-trip formatting, so the compiled constant has the same bits.
 pub fn constants() -> String {
     let mut s = String::from("// Generated from shaders/src/contract.rs.\n");
-    let u = |s: &mut String, name: &str, v: u32| {
-        writeln!(s, "const {name}: u32 = {v}u;").unwrap();
-    };
-    u(&mut s, "CONTRACT_VERSION", CONTRACT_VERSION);
-    u(&mut s, "DOT_CHUNK", DOT_CHUNK as u32);
-    u(&mut s, "ATTN_BLOCK", ATTN_BLOCK as u32);
-    u(&mut s, "BF16_MIN_EXPONENT_FIELD", BF16_MIN_EXPONENT_FIELD);
-    u(&mut s, "CANONICAL_NAN", CANONICAL_NAN);
-    u(&mut s, "RSQRT_MAGIC", RSQRT_MAGIC);
-    let f = |s: &mut String, name: &str, v: f32| {
-        writeln!(s, "const {name}: f32 = {};", wgsl_f32(v)).unwrap();
-    };
-    f(&mut s, "EXP_LOG2E", EXP_LOG2E);
-    f(&mut s, "EXP_LN2_HI", EXP_LN2_HI);
-    f(&mut s, "EXP_LN2_LO", EXP_LN2_LO);
-    f(&mut s, "EXP_MAX_INPUT", EXP_MAX_INPUT);
-    f(&mut s, "EXP_MIN_INPUT", EXP_MIN_INPUT);
-    for (i, c) in EXP_TAYLOR.iter().enumerate() {
-        f(&mut s, &format!("EXP_TAYLOR_{i}"), *c);
+    for (name, value) in crate::source_constants() {
+        match value {
+            SourceConstant::U32(v) => writeln!(s, "const {name}: u32 = {v}u;"),
+            SourceConstant::F32(v) => writeln!(s, "const {name}: f32 = {};", wgsl_f32(v)),
+        }
+        .expect("writing to a String");
     }
-    f(&mut s, "RECIP_SEED_A", RECIP_SEED_A);
-    f(&mut s, "RECIP_SEED_B", RECIP_SEED_B);
     s
 }
 
@@ -69,6 +54,7 @@ pub fn wgsl_f32(v: f32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::*;
 
     #[test]
     fn every_kernel_validates_with_naga() {

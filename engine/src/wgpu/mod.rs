@@ -12,8 +12,8 @@
 //! - Kernels are queued in order on one queue; only downloads wait for the device.
 
 use crate::backend::{
-    check_attention, expect_tensor, AttnGeometry, AttnSeq, Backend, DType, KernelMode, MatmulShape,
-    RopeTables, Tensor,
+    check_attention, check_rope, expect_tensor, AttnGeometry, AttnSeq, Backend, DType, KernelMode,
+    MatmulShape, RopeTables, Tensor,
 };
 use crate::{Error, Result};
 use ditto_shaders::{contract, wgsl, ProbeOp};
@@ -678,27 +678,7 @@ impl Backend for WgpuBackend {
         heads: usize,
         head_dim: usize,
     ) -> Result<WgpuTensor> {
-        expect_tensor(
-            x,
-            "rope input",
-            DType::F32,
-            positions.len() * heads * head_dim,
-        )?;
-        if tables.half_dim * 2 != head_dim {
-            return Err(Error::Input(format!(
-                "rope: tables for head_dim {} used with head_dim {head_dim}",
-                tables.half_dim * 2
-            )));
-        }
-        let table_len = tables.positions * tables.half_dim;
-        expect_tensor(&tables.cos, "rope cos table", DType::F32, table_len)?;
-        expect_tensor(&tables.sin, "rope sin table", DType::F32, table_len)?;
-        if let Some(p) = positions.iter().find(|&&p| p as usize >= tables.positions) {
-            return Err(Error::Input(format!(
-                "rope: position {p} past the table's {} positions",
-                tables.positions
-            )));
-        }
+        check_rope(x, positions, tables, heads, head_dim)?;
         let out = self.f32_tensor(x.len, "rope output")?;
         let pairs = positions.len() * heads * tables.half_dim;
         if pairs == 0 {
