@@ -210,6 +210,13 @@ fn bench_determinism_json() {
     }
     let mut args = os(&["bench", "determinism", "--model"]);
     args.push(dir.path());
-    args.extend(os(&["--prompt", "hi", "--samples", "0", "--backend", "cpu"]));
+    args.extend(os(&[
+        "--prompt",
+        "hi",
+        "--samples",
+        "0",
+        "--backend",
+        "cpu",
+    ]));
     assert_clean_failure(&ditto(&args), "--samples");
 }

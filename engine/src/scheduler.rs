@@ -317,7 +317,7 @@ impl<'m, B: Backend> Scheduler<'m, B> {
             }
         }
         // Remove from the back so the earlier indices stay valid; keep admission order.
-        finished.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         let mut done = Vec::new();
         for (i, stop) in finished {
             let r = self.running.remove(i);
