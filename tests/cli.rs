@@ -170,3 +170,53 @@ fn generate_json_is_deterministic() {
         without_timings(&String::from_utf8(b.stdout).unwrap())
     );
 }
+
+/// `ditto bench determinism` on the cpu backend with a tiny model: every sample agrees (greedy
+/// and sampled), the JSON has the promised fields, and bad arguments fail cleanly.
+#[test]
+fn bench_determinism_json() {
+    let dir = TinyModelDir::new("bench");
+    for temperature in ["0", "0.8"] {
+        let mut args = os(&["bench", "determinism", "--model"]);
+        args.push(dir.path());
+        args.extend(os(&[
+            "--prompt",
+            "hello world",
+            "--samples",
+            "6",
+            "--max-batch",
+            "3",
+            "--max-tokens",
+            "4",
+            "--prefill-chunk",
+            "3",
+            "--temperature",
+            temperature,
+            "--seed",
+            "9",
+            "--backend",
+            "cpu",
+            "--json",
+        ]));
+        let out = ditto(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "stderr: {stderr}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        assert_eq!(v["samples"], 6);
+        assert_eq!(v["distinct_completions"], 1, "{v}");
+        assert_eq!(v["distinct_logits_sha256"], 1, "{v}");
+        assert!(v["seconds"].as_f64().is_some());
+        assert!(v["batch_size_max"].as_u64().unwrap() > 1, "{v}");
+    }
+    let mut args = os(&["bench", "determinism", "--model"]);
+    args.push(dir.path());
+    args.extend(os(&[
+        "--prompt",
+        "hi",
+        "--samples",
+        "0",
+        "--backend",
+        "cpu",
+    ]));
+    assert_clean_failure(&ditto(&args), "--samples");
+}

@@ -6,6 +6,7 @@
 //! 2 for bad usage (clap's convention).
 
 pub mod backend_select;
+mod bench;
 pub mod load;
 
 use backend_select::{select, BackendChoice, BackendJob};
@@ -61,6 +62,15 @@ enum Command {
     Generate(GenerateArgs),
     /// List the backends and adapters this machine offers.
     Devices,
+    /// Benchmarks and checks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Many copies of one prompt arriving among other requests must agree bit for bit.
+    Determinism(bench::DeterminismArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -124,6 +134,7 @@ pub fn run_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             Ok(())
         }
         Command::Generate(args) => generate(args),
+        Command::Bench(BenchCommand::Determinism(args)) => bench::determinism(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

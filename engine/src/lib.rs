@@ -11,6 +11,7 @@ pub mod kv_cache;
 pub mod loader;
 pub mod model;
 pub mod sampling;
+pub mod scheduler;
 pub mod testing;
 pub mod tokenizer;
 pub mod wgpu;
