@@ -117,7 +117,7 @@ impl ModelConfig {
     pub fn rope_inv_freq(&self) -> Vec<f64> {
         let d = self.head_dim as f64;
         let base: Vec<f64> = (0..self.head_dim / 2)
-            .map(|i| libm::pow(self.rope_theta, -((2 * i) as f64) / d))
+            .map(|i| 1.0 / libm::pow(self.rope_theta, (2 * i) as f64 / d))
             .collect();
         let Some(s) = self.rope_scaling else {
             return base;

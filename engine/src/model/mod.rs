@@ -9,10 +9,6 @@
 //! The residual stream is f32; matmul inputs are rounded to bf16 inside the kernels; K and V are
 //! cached as bf16.
 
-mod rope;
-
-pub use rope::rope_inv_freq;
-
 use crate::backend::{AttnGeometry, AttnSeq, Backend, DType, MatmulShape, RopeTables};
 use crate::kv_cache::{KvCache, SeqId};
 use crate::loader::{Architecture, HostTensor, LoadedModel, ModelConfig};
@@ -246,7 +242,7 @@ impl<B: Backend> Model<B> {
                 down: src.get(&format!("{p}.mlp.down_proj.weight"), &[h, i])?,
             });
         }
-        let (cos, sin) = contract::rope_tables(&rope_inv_freq(&c), context);
+        let (cos, sin) = contract::rope_tables(&c.rope_inv_freq(), context);
         let rope = RopeTables {
             cos: backend.upload_f32(&cos)?,
             sin: backend.upload_f32(&sin)?,
