@@ -67,7 +67,25 @@ __device__ float attn_block_partial(const AttnArgs& a, unsigned int table_start,
             float part = 0.0f;
             if ((d & 7u) == 0u) {
                 // Rows are kv_heads * d bf16 values with d a multiple of 8: 16-byte aligned.
-                for (unsigned int kk = c0; kk < c1; kk += 8) {
+                // Groups of four 16-byte loads are issued before their products are added.
+                unsigned int kk = c0;
+                for (; kk + 32 <= c1; kk += 32) {
+                    uint4 kq[4];
+#pragma unroll
+                    for (int g = 0; g < 4; ++g) {
+                        kq[g] = *reinterpret_cast<const uint4*>(key + kk + 8 * g);
+                    }
+#pragma unroll
+                    for (int g = 0; g < 4; ++g) {
+                        float kv[8];
+                        unpack_bf16x8(kq[g], kv);
+#pragma unroll
+                        for (int e = 0; e < 8; ++e) {
+                            part = fmaf(s.q[kk + 8 * g + e], kv[e], part);
+                        }
+                    }
+                }
+                for (; kk < c1; kk += 8) {
                     float kv[8];
                     unpack_bf16x8(*reinterpret_cast<const uint4*>(key + kk), kv);
 #pragma unroll
@@ -105,9 +123,24 @@ __device__ float attn_block_partial(const AttnArgs& a, unsigned int table_start,
         }
         s.block_sum = sum;
     }
+    // Value sums: thread i < d owns dimension i and adds positions in ascending order; at each
+    // position the threads read one contiguous row. Loads go out eight positions at a time
+    // before their products are added.
     float acc = 0.0f;
     if (threadIdx.x < d) {
-        for (unsigned int j = 0; j < n; ++j) {
+        unsigned int j = 0;
+        for (; j + 8 <= n; j += 8) {
+            float v[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                v[e] = bf16_to_f32(a.v_cache[s.kv_offset[j + e] + threadIdx.x]);
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                acc = acc + mul_rn(s.p[j + e], v[e]);
+            }
+        }
+        for (; j < n; ++j) {
             acc = acc + mul_rn(s.p[j], bf16_to_f32(a.v_cache[s.kv_offset[j] + threadIdx.x]));
         }
     }

@@ -38,6 +38,9 @@ fn matmul_shapes<B: Backend>(b: &B) {
         (40, 70, 300),
         (100, 1, 7),
         (17, 9, 12288),
+        // More chunks than one GEMV block holds: the two-launch path.
+        (1, 4, 65_792),
+        (2, 3, 66_001),
     ];
     for (m, n, k) in shapes {
         let x = activations(&mut rng, m * k);

@@ -11,6 +11,7 @@
 //! `libnvrtc.so{,.13,.12,.11,…}` and `libcublas.so{,.13,.12,…}` on the loader path. If the
 //! toolkit is installed but not on that path, add its library folder to `LD_LIBRARY_PATH`.
 
+pub mod ceilings;
 pub mod conformance;
 
 use cudarc::cublas::{sys as cublas_sys, CudaBlas};
@@ -32,6 +33,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 const THREADS: u32 = 256;
 /// Mirrors `GEMV_MAX_ROWS` in matmul.cu: up to this many rows use the chunk-parallel path.
 const GEMV_MAX_ROWS: usize = 8;
+/// Dynamic shared memory a kernel may use without opting in to more.
+const SHARED_BYTES: usize = 48 * 1024;
+/// Index arrays whose device copies are kept for reuse (see `upload_indices`).
+const RECENT_INDEX_UPLOADS: usize = 8;
+/// Mirrors `GEMV_THREADS` in matmul.cu.
+const GEMV_THREADS: u32 = 256;
 /// Mirrors `TILE_M`/`TILE_N` in matmul.cu.
 const TILE: usize = 64;
 /// Mirrors `ATTN_THREADS`/`ATTN_MAX_HEAD_DIM` in attention.cu.
@@ -97,6 +104,9 @@ pub enum AttentionPath {
     Split,
 }
 
+/// An index array uploaded by `upload_indices`: its host contents and its device copy.
+type IndexUpload = (Vec<u32>, Arc<CudaSlice<u32>>);
+
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
@@ -107,6 +117,8 @@ pub struct CudaBackend {
     sm_count: usize,
     description: String,
     attention_path: AttentionPath,
+    /// Recently uploaded index arrays and their device copies, most recent last.
+    recent_indices: Mutex<Vec<IndexUpload>>,
 }
 
 fn device_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
@@ -190,6 +202,8 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
     (
         "matmul",
         &[
+            "matmul_gemv_f32",
+            "matmul_gemv_bf16",
             "matmul_chunk_partials",
             "matmul_combine_f32",
             "matmul_combine_bf16",
@@ -274,6 +288,31 @@ fn compile_family(family: &str, arch: &str) -> Result<Ptx> {
     Ok(ptx)
 }
 
+/// Every kernel call allocates its output from the device's default memory pool (stream
+/// ordered). The pool's default release threshold of 0 hands freed memory back to the driver at
+/// each synchronization, so the next step maps it again; keeping it pooled makes an allocation
+/// a cheap reuse, as in any caching allocator.
+fn keep_freed_memory_pooled(ctx: &CudaContext) -> Result<()> {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: plain driver calls with valid out-pointers; the pool handle comes from the driver
+    // for this context's device and the attribute takes a u64 (cuuint64_t).
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .map_err(device_err("memory pool"))?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut _,
+        )
+        .result()
+        .map_err(device_err("memory pool threshold"))?;
+    }
+    Ok(())
+}
+
 /// Elementwise launch over `n` items, `THREADS` per block.
 fn grid_1d(n: usize) -> Result<LaunchConfig> {
     let blocks = n.div_ceil(THREADS as usize);
@@ -318,7 +357,16 @@ impl CudaBackend {
             .map_err(device_err("SM count"))?
             .max(1) as usize;
         let name = ctx.name().map_err(device_err("device name"))?;
-        let stream = ctx.default_stream();
+        // SAFETY: the backend uses one stream, so there is no cross-stream use for cudarc's
+        // per-buffer events to order; without them each allocation saves two event creations.
+        unsafe { ctx.disable_event_tracking() };
+        if ctx.has_async_alloc() {
+            // Only speed depends on it: a device that refuses keeps the default.
+            let _ = keep_freed_memory_pooled(&ctx);
+        }
+        // A stream of our own rather than the legacy default stream, which synchronizes with
+        // every other stream of the context.
+        let stream = ctx.new_stream().map_err(device_err("stream"))?;
 
         let families: Vec<&str> = ENTRY_POINTS
             .iter()
@@ -378,6 +426,7 @@ impl CudaBackend {
                 "cuda:{ordinal} {name} ({arch}, {sm_count} SMs), {mode:?} kernels"
             ),
             attention_path: AttentionPath::Auto,
+            recent_indices: Mutex::new(Vec::new()),
         })
     }
 
@@ -428,11 +477,52 @@ impl CudaBackend {
         Ok(v)
     }
 
+    /// Device memory with unspecified contents (no memset launch).
+    ///
+    /// # Safety
+    /// Every element must be written before it is read.
+    unsafe fn alloc_uninit<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: passed on to the caller.
+        unsafe { self.stream.alloc::<T>(len.max(1)) }.map_err(device_err("allocation"))
+    }
+
+    /// An f32 tensor of zeros.
     fn f32_tensor(&self, len: usize) -> Result<CudaTensor> {
         Ok(CudaTensor {
             buf: Buf::F32(self.alloc_zeros(len)?),
             len,
         })
+    }
+
+    /// An f32 tensor for a kernel that writes all of it.
+    fn f32_output(&self, len: usize) -> Result<CudaTensor> {
+        Ok(CudaTensor {
+            // SAFETY: callers launch a kernel that writes every element before any read.
+            buf: Buf::F32(unsafe { self.alloc_uninit(len)? }),
+            len,
+        })
+    }
+
+    /// Uploads an index array (positions, slots, block tables, work lists), reusing the device
+    /// copy of an identical recent array: a forward pass passes the same arrays to every layer,
+    /// and each upload from pageable memory stalls the host.
+    fn upload_indices(&self, data: &[u32]) -> Result<Arc<CudaSlice<u32>>> {
+        let mut recent = self
+            .recent_indices
+            .lock()
+            .map_err(|_| Error::Device("index upload cache poisoned".into()))?;
+        if let Some(pos) = recent.iter().position(|(d, _)| d.as_slice() == data) {
+            let entry = recent.remove(pos);
+            let slice = entry.1.clone();
+            recent.push(entry);
+            return Ok(slice);
+        }
+        let slice = Arc::new(self.upload(data)?);
+        if recent.len() == RECENT_INDEX_UPLOADS {
+            recent.remove(0);
+        }
+        recent.push((data.to_vec(), slice.clone()));
+        Ok(slice)
     }
 
     /// Applies one contract primitive elementwise on the device (`numerics_probe.cu`): the
@@ -456,6 +546,20 @@ impl CudaBackend {
         self.download(&out, a.len())
     }
 
+    /// The first `len` values of `x` rounded to bf16 (their bits), as the matmuls use them.
+    fn round_to_bf16(&self, x: &CudaSlice<f32>, len: usize) -> Result<CudaSlice<u16>> {
+        // SAFETY: round_to_bf16 writes all len elements.
+        let mut xb = unsafe { self.alloc_uninit::<u16>(len)? };
+        let len64 = len as u64;
+        let f = self.func("round_to_bf16")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(x).arg(&mut xb).arg(&len64);
+        // SAFETY: round_to_bf16(const float*, unsigned short*, unsigned long long); x holds at
+        // least len elements and xb len.
+        unsafe { l.launch(grid_1d(len)?) }.map_err(device_err("round_to_bf16"))?;
+        Ok(xb)
+    }
+
     /// `KernelMode::Default` matmul: activations rounded to bf16, then cuBLAS GEMM with bf16
     /// inputs, f32 compute and the requested output type.
     fn matmul_cublas(
@@ -472,14 +576,7 @@ impl CudaBackend {
             i32::try_from(n).map_err(|_| Error::Input("matmul n exceeds i32".into()))?,
             i32::try_from(k).map_err(|_| Error::Input("matmul k exceeds i32".into()))?,
         );
-        let mut xb = self.alloc_zeros::<u16>(m * k)?;
-        let len = (m * k) as u64;
-        let f = self.func("round_to_bf16")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(x).arg(&mut xb).arg(&len);
-        // SAFETY: round_to_bf16(const float*, unsigned short*, unsigned long long); both buffers
-        // hold m*k elements.
-        unsafe { l.launch(grid_1d(m * k)?) }.map_err(device_err("round_to_bf16"))?;
+        let xb = self.round_to_bf16(x, m * k)?;
 
         let (alpha, beta) = (1.0f32, 0.0f32);
         // Row-major C[m,n] = X[m,k] W[n,k]^T is column-major C^T[n,m] = W^T X: W's buffer is a
@@ -599,18 +696,18 @@ impl Backend for CudaBackend {
             )));
         }
         let total = ids.len() * dim;
-        let mut out = self.f32_tensor(total)?;
+        let mut out = self.f32_output(total)?;
         if total == 0 {
             return Ok(out);
         }
-        let d_ids = self.upload(ids)?;
+        let d_ids = self.upload_indices(ids)?;
         let (n_ids, dim32) = (u32_arg(ids.len(), "ids")?, u32_arg(dim, "dim")?);
         let Buf::F32(o) = &mut out.buf else {
             unreachable!("f32_tensor is f32")
         };
         let f = self.func("embedding")?;
         let mut l = self.stream.launch_builder(f);
-        l.arg(t).arg(&d_ids).arg(o).arg(&n_ids).arg(&dim32);
+        l.arg(t).arg(d_ids.as_ref()).arg(o).arg(&n_ids).arg(&dim32);
         // SAFETY: embedding(const unsigned short*, const unsigned int*, float*, unsigned int,
         // unsigned int); ids < vocab was checked, out holds n_ids*dim elements.
         unsafe { l.launch(grid_1d(total)?) }.map_err(device_err("embedding"))?;
@@ -627,15 +724,20 @@ impl Backend for CudaBackend {
     ) -> Result<CudaTensor> {
         expect_tensor(x, "rms_norm input", DType::F32, rows * dim)?;
         expect_tensor(weight, "rms_norm weight", DType::Bf16, dim)?;
-        let mut out = self.f32_tensor(rows * dim)?;
+        let mut out = self.f32_output(rows * dim)?;
         if rows * dim == 0 {
             return Ok(out);
         }
         let chunks = dim.div_ceil(DOT_CHUNK);
-        let shared = chunks * 4;
-        if shared > 48 * 1024 {
+        let partials_bytes = chunks * 4;
+        if partials_bytes > SHARED_BYTES {
             return Err(Error::Unsupported(format!("rms_norm of dim {dim}")));
         }
+        // The row's staged copy (one spare word per chunk), where it fits.
+        let staged_bytes = partials_bytes + (dim + chunks) * 4;
+        let staged = staged_bytes <= SHARED_BYTES;
+        let shared = if staged { staged_bytes } else { partials_bytes };
+        let staged32 = staged as u32;
         let (dim32, inv_dim) = (u32_arg(dim, "dim")?, contract::rms_inv_dim(dim));
         let Buf::F32(o) = &mut out.buf else {
             unreachable!("f32_tensor is f32")
@@ -647,15 +749,16 @@ impl Backend for CudaBackend {
             .arg(o)
             .arg(&dim32)
             .arg(&eps)
-            .arg(&inv_dim);
+            .arg(&inv_dim)
+            .arg(&staged32);
         let cfg = LaunchConfig {
             grid_dim: (u32_arg(rows, "rows")?, 1, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: shared as u32,
         };
         // SAFETY: rms_norm(const float*, const unsigned short*, float*, unsigned int, float,
-        // float); x and out hold rows*dim elements, weight dim; one block per row with one
-        // shared float per chunk.
+        // float, unsigned int); x and out hold rows*dim elements, weight dim; one block per row
+        // with one shared float per chunk, plus dim + chunks more when staged.
         unsafe { l.launch(cfg) }.map_err(device_err("rms_norm"))?;
         Ok(out)
     }
@@ -682,14 +785,44 @@ impl Backend for CudaBackend {
             return self.matmul_cublas(blas, xs, ws, shape, out);
         }
         let (m32, n32, k32) = (u32_arg(m, "m")?, u32_arg(n, "n")?, u32_arg(k, "k")?);
-        let mut result = match out {
-            DType::F32 => Buf::F32(self.alloc_zeros::<f32>(m * n)?),
-            DType::Bf16 => Buf::Bf16(self.alloc_zeros::<u16>(m * n)?),
+        // SAFETY: each path below writes all m*n outputs.
+        let mut result = unsafe {
+            match out {
+                DType::F32 => Buf::F32(self.alloc_uninit::<f32>(m * n)?),
+                DType::Bf16 => Buf::Bf16(self.alloc_uninit::<u16>(m * n)?),
+            }
         };
-        if m <= GEMV_MAX_ROWS {
-            let chunks = k.div_ceil(DOT_CHUNK);
+        let chunks = k.div_ceil(DOT_CHUNK);
+        if m <= GEMV_MAX_ROWS && k.is_multiple_of(8) && chunks <= GEMV_THREADS as usize {
+            let cols = GEMV_THREADS as usize / chunks;
+            let xb = self.round_to_bf16(xs, m * k)?;
+            let name = match out {
+                DType::F32 => "matmul_gemv_f32",
+                DType::Bf16 => "matmul_gemv_bf16",
+            };
+            let f = self.func(name)?;
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&xb);
+            l.arg(ws);
+            match &mut result {
+                Buf::F32(o) => l.arg(o),
+                Buf::Bf16(o) => l.arg(o),
+            };
+            l.arg(&m32).arg(&n32).arg(&k32);
+            let cfg = LaunchConfig {
+                grid_dim: (u32_arg(n.div_ceil(cols), "column blocks")?, 1, 1),
+                block_dim: (GEMV_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: matmul_gemv_*(const unsigned short*, const unsigned short*, out*,
+            // unsigned int m, n, k) with GEMV_THREADS threads as its __launch_bounds__; the
+            // rounded x holds m*k, w n*k and out m*n elements; m <= GEMV_MAX_ROWS, k is a
+            // multiple of 8 (16-byte rows) with at most GEMV_THREADS chunks, as the kernel needs.
+            unsafe { l.launch(cfg) }.map_err(device_err("matmul gemv"))?;
+        } else if m <= GEMV_MAX_ROWS {
             let chunks32 = u32_arg(chunks, "chunks")?;
-            let mut partials = self.alloc_zeros::<f32>(m * n * chunks)?;
+            // SAFETY: matmul_chunk_partials writes every one of the m*n*chunks partials.
+            let mut partials = unsafe { self.alloc_uninit::<f32>(m * n * chunks)? };
             let f = self.func("matmul_chunk_partials")?;
             let mut l = self.stream.launch_builder(f);
             l.arg(xs)
@@ -762,12 +895,12 @@ impl Backend for CudaBackend {
         head_dim: usize,
     ) -> Result<CudaTensor> {
         check_rope(x, positions, tables, heads, head_dim)?;
-        let mut out = self.f32_tensor(x.len)?;
+        let mut out = self.f32_output(x.len)?;
         let items = positions.len() * heads * tables.half_dim;
         if items == 0 {
             return Ok(out);
         }
-        let d_pos = self.upload(positions)?;
+        let d_pos = self.upload_indices(positions)?;
         let (tokens, heads32, half) = (
             u32_arg(positions.len(), "tokens")?,
             u32_arg(heads, "heads")?,
@@ -779,7 +912,7 @@ impl Backend for CudaBackend {
         let f = self.func("rope")?;
         let mut l = self.stream.launch_builder(f);
         l.arg(x.f32s("rope")?)
-            .arg(&d_pos)
+            .arg(d_pos.as_ref())
             .arg(tables.cos.f32s("rope cos")?)
             .arg(tables.sin.f32s("rope sin")?)
             .arg(o)
@@ -811,7 +944,7 @@ impl Backend for CudaBackend {
         expect_tensor(x, "add_bias input", DType::F32, rows * n)?;
         expect_tensor(bias, "add_bias bias", DType::Bf16, n)?;
         let len = rows * n;
-        let mut out = self.f32_tensor(len)?;
+        let mut out = self.f32_output(len)?;
         if len == 0 {
             return Ok(out);
         }
@@ -870,7 +1003,10 @@ impl Backend for CudaBackend {
                 dst_slots.push(s);
             }
         }
-        let (d_src, d_slots) = (self.upload(&src_rows)?, self.upload(&dst_slots)?);
+        let (d_src, d_slots) = (
+            self.upload_indices(&src_rows)?,
+            self.upload_indices(&dst_slots)?,
+        );
         let (n_rows, row32) = (
             u32_arg(src_rows.len(), "rows")?,
             u32_arg(row_len, "row_len")?,
@@ -881,8 +1017,8 @@ impl Backend for CudaBackend {
         let mut l = self.stream.launch_builder(f);
         l.arg(k.f32s("write_kv k")?)
             .arg(v.f32s("write_kv v")?)
-            .arg(&d_src)
-            .arg(&d_slots)
+            .arg(d_src.as_ref())
+            .arg(d_slots.as_ref())
             .arg(kc)
             .arg(vc)
             .arg(&n_rows)
@@ -945,8 +1081,8 @@ impl Backend for CudaBackend {
                 "attention over {n_work} query rows in one call"
             )));
         }
-        let d_work = self.upload(&work)?;
-        let d_table = self.upload(block_table)?;
+        let d_work = self.upload_indices(&work)?;
+        let d_table = self.upload_indices(block_table)?;
         let (heads, kv_heads, head_dim, page_size) = (
             u32_arg(g.heads, "heads")?,
             u32_arg(g.kv_heads, "kv_heads")?,
@@ -969,13 +1105,13 @@ impl Backend for CudaBackend {
             l.arg(qs)
                 .arg(kc)
                 .arg(vc)
-                .arg(&d_table)
+                .arg(d_table.as_ref())
                 .arg(&heads)
                 .arg(&kv_heads)
                 .arg(&head_dim)
                 .arg(&page_size)
                 .arg(&scale)
-                .arg(&d_work)
+                .arg(d_work.as_ref())
                 .arg(&splits32)
                 .arg(&mut partials);
             let cfg = LaunchConfig {
@@ -991,7 +1127,7 @@ impl Backend for CudaBackend {
             let f = self.func("attention_splitkv_combine")?;
             let mut l = self.stream.launch_builder(f);
             l.arg(&partials)
-                .arg(&d_work)
+                .arg(d_work.as_ref())
                 .arg(o)
                 .arg(&heads)
                 .arg(&head_dim)
@@ -1027,13 +1163,13 @@ impl Backend for CudaBackend {
             l.arg(qs)
                 .arg(kc)
                 .arg(vc)
-                .arg(&d_table)
+                .arg(d_table.as_ref())
                 .arg(&heads)
                 .arg(&kv_heads)
                 .arg(&head_dim)
                 .arg(&page_size)
                 .arg(&scale)
-                .arg(&d_work)
+                .arg(d_work.as_ref())
                 .arg(o);
             let cfg = LaunchConfig {
                 grid_dim: (heads, n_work32, 1),
@@ -1059,21 +1195,25 @@ impl Backend for CudaBackend {
                 item_list.extend([w as u32, b as u32]);
             }
         }
-        let (d_items, d_first) = (self.upload(&item_list)?, self.upload(&first_item)?);
-        let mut partials = self.alloc_zeros::<f32>(items * g.heads * (g.head_dim + 2))?;
+        let (d_items, d_first) = (
+            self.upload_indices(&item_list)?,
+            self.upload_indices(&first_item)?,
+        );
+        // SAFETY: attention_block_partials writes the partials of every (item, head).
+        let mut partials = unsafe { self.alloc_uninit::<f32>(items * g.heads * (g.head_dim + 2))? };
         let f = self.func("attention_block_partials")?;
         let mut l = self.stream.launch_builder(f);
         l.arg(qs)
             .arg(kc)
             .arg(vc)
-            .arg(&d_table)
+            .arg(d_table.as_ref())
             .arg(&heads)
             .arg(&kv_heads)
             .arg(&head_dim)
             .arg(&page_size)
             .arg(&scale)
-            .arg(&d_work)
-            .arg(&d_items)
+            .arg(d_work.as_ref())
+            .arg(d_items.as_ref())
             .arg(&mut partials);
         let cfg = LaunchConfig {
             grid_dim: (heads, items as u32, 1),
@@ -1087,8 +1227,8 @@ impl Backend for CudaBackend {
         let f = self.func("attention_merge_partials")?;
         let mut l = self.stream.launch_builder(f);
         l.arg(&partials)
-            .arg(&d_work)
-            .arg(&d_first)
+            .arg(d_work.as_ref())
+            .arg(d_first.as_ref())
             .arg(o)
             .arg(&heads)
             .arg(&head_dim);
@@ -1135,7 +1275,7 @@ impl CudaBackend {
         if a.len != b.len {
             return Err(Error::Input(format!("{name}: operands differ in length")));
         }
-        let mut out = self.f32_tensor(a.len)?;
+        let mut out = self.f32_output(a.len)?;
         if a.len == 0 {
             return Ok(out);
         }

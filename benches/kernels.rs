@@ -1,0 +1,530 @@
+//! Kernel benchmarks at the shapes of a model: matmul (GEMV for decode, GEMM for prefill and
+//! large batches), attention (decode and prefill) and RMSNorm, in the invariant and the default
+//! kernels, with throughput as a fraction of ceilings measured in the same run (CUDA: device copy
+//! bandwidth, cuBLAS bf16 and fp32 GEMM).
+//!
+//! ```sh
+//! cargo bench --bench kernels -- [--backend cpu|wgpu|cuda|all] [--shapes qwen3-8b|smollm2]
+//!                                [--reps N] [--filter OP] [--quick] [--json]
+//! ```
+//! `--quick` is CI's smoke run: small shapes, one repetition. A backend that does not open is
+//! reported and skipped.
+
+use ditto::cuda::ceilings::GemmPrecision;
+use ditto::cuda::CudaBackend;
+use ditto::engine::cpu::CpuBackend;
+use ditto::engine::wgpu::WgpuBackend;
+use ditto::engine::{AttnGeometry, AttnSeq, Backend, DType, KernelMode, MatmulShape, Result};
+use ditto::shaders::contract;
+use std::time::Instant;
+
+/// The dimensions the benchmark takes from a model.
+#[derive(Clone, Copy)]
+struct Shapes {
+    name: &'static str,
+    hidden: usize,
+    intermediate: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    vocab: usize,
+}
+
+const QWEN3_8B: Shapes = Shapes {
+    name: "qwen3-8b",
+    hidden: 4096,
+    intermediate: 12288,
+    heads: 32,
+    kv_heads: 8,
+    head_dim: 128,
+    vocab: 49152,
+};
+
+const SMOLLM2: Shapes = Shapes {
+    name: "smollm2",
+    hidden: 576,
+    intermediate: 1536,
+    heads: 9,
+    kv_heads: 3,
+    head_dim: 64,
+    vocab: 49152,
+};
+
+struct Options {
+    backends: Vec<String>,
+    shapes: Shapes,
+    reps: usize,
+    quick: bool,
+    json: bool,
+    /// Only operations whose name contains this text.
+    filter: Option<String>,
+}
+
+fn parse_options() -> std::result::Result<Options, String> {
+    let mut o = Options {
+        backends: vec!["cuda".into(), "wgpu".into()],
+        shapes: QWEN3_8B,
+        reps: 20,
+        quick: false,
+        json: false,
+        filter: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--backend" => {
+                let v = value()?;
+                o.backends = match v.as_str() {
+                    "all" => vec!["cpu".into(), "wgpu".into(), "cuda".into()],
+                    "cpu" | "wgpu" | "cuda" => vec![v],
+                    _ => return Err(format!("unknown backend {v}")),
+                }
+            }
+            "--shapes" => {
+                o.shapes = match value()?.as_str() {
+                    "qwen3-8b" => QWEN3_8B,
+                    "smollm2" => SMOLLM2,
+                    v => return Err(format!("unknown shapes {v}")),
+                }
+            }
+            "--reps" => o.reps = value()?.parse().map_err(|e| format!("--reps: {e}"))?,
+            "--filter" => o.filter = Some(value()?),
+            "--quick" => o.quick = true,
+            "--json" => o.json = true,
+            // `cargo bench` passes --bench to every bench binary.
+            "--bench" => {}
+            _ => return Err(format!("unknown argument {a}")),
+        }
+    }
+    if o.quick {
+        o.shapes = SMOLLM2;
+        o.reps = 1;
+        o.backends = vec!["cpu".into(), "wgpu".into(), "cuda".into()];
+    }
+    Ok(o)
+}
+
+/// What one measured operation moves and computes.
+struct Work {
+    op: String,
+    shape: String,
+    bytes: f64,
+    flops: f64,
+}
+
+/// One line of the report.
+struct Row {
+    backend: String,
+    work: Work,
+    invariant_s: f64,
+    /// Host time per call of the invariant kernel (queuing, before any wait).
+    host_s: f64,
+    default_s: Option<f64>,
+}
+
+/// The ceilings of the device, when a backend can measure them.
+#[derive(Clone, Copy, Default)]
+struct Ceilings {
+    /// Copy bandwidth, bytes read plus bytes written per second.
+    copy_bytes_per_s: Option<f64>,
+    /// cuBLAS fp32 GEMM (no TF32) FLOP/s at the benchmark's largest GEMM.
+    fp32_flops: Option<f64>,
+    bf16_flops: Option<f64>,
+}
+
+/// A seeded generator for inputs (SplitMix64).
+struct Rng(u64);
+
+impl Rng {
+    fn unit(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn f32s(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.unit()).collect()
+    }
+    fn bf16s(&mut self, n: usize, scale: f32) -> Vec<u16> {
+        (0..n)
+            .map(|_| contract::round_bf16_bits(self.unit() * scale))
+            .collect()
+    }
+}
+
+/// Seconds per call of `op` on `b`: a warm-up call, then `reps` calls queued back to back and
+/// one wait for the last (`finish`), so launch overhead counts as it does in a model. Also
+/// returns the host's share: seconds per call spent queuing (before the wait).
+fn time_op<B: Backend>(
+    b: &B,
+    reps: usize,
+    finish: &dyn Fn(&B, &B::Tensor) -> Result<()>,
+    op: &mut dyn FnMut() -> Result<B::Tensor>,
+) -> Result<(f64, f64)> {
+    let warm = op()?;
+    finish(b, &warm)?;
+    let start = Instant::now();
+    let mut last = op()?;
+    for _ in 1..reps {
+        last = op()?;
+    }
+    let queued = start.elapsed().as_secs_f64();
+    finish(b, &last)?;
+    let n = reps as f64;
+    Ok((start.elapsed().as_secs_f64() / n, queued / n))
+}
+
+/// Waits for a tensor by reading it back (backends without an explicit synchronize).
+fn finish_by_download<B: Backend>(b: &B, t: &B::Tensor) -> Result<()> {
+    match t.dtype() {
+        DType::F32 => b.download_f32(t).map(|_| ()),
+        DType::Bf16 => b.download_bf16(t).map(|_| ()),
+    }
+}
+
+fn finish_cuda(b: &CudaBackend, _: &<CudaBackend as Backend>::Tensor) -> Result<()> {
+    b.synchronize()
+}
+
+use ditto::engine::backend::Tensor as _;
+
+/// Every benchmarked operation on one backend; `default` is the same backend in default mode.
+fn bench_backend<B: Backend>(
+    name: &str,
+    invariant: &B,
+    default: Option<&B>,
+    finish: &dyn Fn(&B, &B::Tensor) -> Result<()>,
+    o: &Options,
+) -> Result<Vec<Row>> {
+    let s = o.shapes;
+    let mut rng = Rng(7);
+    let mut rows = Vec::new();
+    let mut measure = |work: Work, run: &dyn Fn(&B) -> Result<B::Tensor>| -> Result<()> {
+        if o.filter
+            .as_ref()
+            .is_some_and(|f| !work.op.contains(f.as_str()))
+        {
+            return Ok(());
+        }
+        let (inv, host) = time_op(invariant, o.reps, finish, &mut || run(invariant))?;
+        let def = match default {
+            Some(d) => Some(time_op(d, o.reps, finish, &mut || run(d))?.0),
+            None => None,
+        };
+        rows.push(Row {
+            backend: name.to_string(),
+            work,
+            invariant_s: inv,
+            host_s: host,
+            default_s: def,
+        });
+        Ok(())
+    };
+
+    // Matmuls: the projections of one layer and the output head.
+    let (q_out, kv_out) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    let mut projections = vec![
+        ("q/o", q_out, s.hidden),
+        ("k/v", kv_out, s.hidden),
+        ("gate/up", s.intermediate, s.hidden),
+        ("down", s.hidden, s.intermediate),
+        ("lm_head", s.vocab, s.hidden),
+    ];
+    if o.quick {
+        projections.truncate(3);
+    }
+    let gemv_rows: &[usize] = if o.quick { &[1] } else { &[1, 4, 8] };
+    let gemm_rows: &[usize] = if o.quick { &[64] } else { &[64, 256, 512] };
+    for &(what, n, k) in &projections {
+        let w = rng.bf16s(n * k, 0.05);
+        let (wi, wd) = (
+            invariant.upload_bf16(&w)?,
+            default.map(|d| d.upload_bf16(&w)).transpose()?,
+        );
+        let mut ms: Vec<usize> = gemv_rows.to_vec();
+        if what == "gate/up" {
+            ms.extend_from_slice(gemm_rows);
+        }
+        for m in ms {
+            let x = rng.f32s(m * k);
+            let (xi, xd) = (
+                invariant.upload_f32(&x)?,
+                default.map(|d| d.upload_f32(&x)).transpose()?,
+            );
+            let shape = MatmulShape { m, n, k };
+            let work = Work {
+                op: format!("matmul {what}"),
+                shape: format!("m={m} n={n} k={k}"),
+                bytes: (n * k * 2 + m * k * 4 + m * n * 4) as f64,
+                flops: 2.0 * (m * n * k) as f64,
+            };
+            let run = |b: &B| {
+                let (x, w) = if std::ptr::eq(b, invariant) {
+                    (&xi, &wi)
+                } else {
+                    (xd.as_ref().unwrap_or(&xi), wd.as_ref().unwrap_or(&wi))
+                };
+                b.matmul(x, w, shape, DType::F32)
+            };
+            measure(work, &run)?;
+        }
+    }
+
+    // RMSNorm of one row (decode) and of a prefill's rows.
+    for rows_n in [1usize, 512] {
+        let x = rng.f32s(rows_n * s.hidden);
+        let wt = rng.bf16s(s.hidden, 1.0);
+        let (xi, wi) = (invariant.upload_f32(&x)?, invariant.upload_bf16(&wt)?);
+        let dd = match default {
+            Some(d) => Some((d.upload_f32(&x)?, d.upload_bf16(&wt)?)),
+            None => None,
+        };
+        let work = Work {
+            op: "rms_norm".into(),
+            shape: format!("rows={rows_n} dim={}", s.hidden),
+            bytes: (rows_n * s.hidden * 8) as f64,
+            flops: 0.0,
+        };
+        let run = |b: &B| {
+            let (x, w) = if std::ptr::eq(b, invariant) {
+                (&xi, &wi)
+            } else {
+                let (x, w) = dd.as_ref().expect("default tensors");
+                (x, w)
+            };
+            b.rms_norm(x, w, rows_n, s.hidden, 1e-6)
+        };
+        measure(work, &run)?;
+    }
+
+    // Attention over a paged cache: decode of 1 and of 8 sequences, and a 512-token prefill.
+    let page = 16;
+    let cases: &[(&str, usize, usize, usize)] = if o.quick {
+        &[("decode", 1, 1, 300)]
+    } else {
+        // (name, sequences, new tokens per sequence, context before them)
+        &[
+            ("decode", 1, 1, 511),
+            ("decode", 1, 1, 4095),
+            ("decode", 8, 1, 1023),
+            ("prefill", 1, 512, 0),
+        ]
+    };
+    for &(what, seqs_n, q_len, ctx) in cases {
+        let positions = ctx + q_len;
+        let pages_per_seq = positions.div_ceil(page);
+        let slots = seqs_n * pages_per_seq * page;
+        let kv = rng.bf16s(slots * kv_out, 1.0);
+        let vv = rng.bf16s(slots * kv_out, 1.0);
+        let q = rng.f32s(seqs_n * q_len * q_out);
+        let block_table: Vec<u32> = (0..(seqs_n * pages_per_seq) as u32).collect();
+        let seqs: Vec<AttnSeq> = (0..seqs_n)
+            .map(|i| AttnSeq {
+                q_start: i * q_len,
+                q_len,
+                ctx_len: ctx,
+                block_table_start: i * pages_per_seq,
+            })
+            .collect();
+        let geometry = AttnGeometry {
+            heads: s.heads,
+            kv_heads: s.kv_heads,
+            head_dim: s.head_dim,
+            page_size: page,
+            scale: (1.0 / (s.head_dim as f64).sqrt()) as f32,
+        };
+        let up = |b: &B| -> Result<_> {
+            Ok((b.upload_f32(&q)?, b.upload_bf16(&kv)?, b.upload_bf16(&vv)?))
+        };
+        let ti = up(invariant)?;
+        let td = default.map(up).transpose()?;
+        // Keys and values read once per sequence (the ideal), plus queries and outputs.
+        let kv_bytes = seqs_n * positions * kv_out * 2 * 2;
+        let work = Work {
+            op: format!("attention {what}"),
+            shape: format!("seqs={seqs_n} q={q_len} ctx={ctx}"),
+            bytes: (kv_bytes + 2 * seqs_n * q_len * q_out * 4) as f64,
+            flops: 4.0
+                * (seqs_n * q_len * s.heads * s.head_dim) as f64
+                * (ctx as f64 + 0.5 * q_len as f64),
+        };
+        let run = |b: &B| {
+            let (q, k, v) = if std::ptr::eq(b, invariant) {
+                &ti
+            } else {
+                td.as_ref().expect("default tensors")
+            };
+            b.attention(q, k, v, &seqs, &block_table, geometry)
+        };
+        measure(work, &run)?;
+    }
+    Ok(rows)
+}
+
+fn open_cuda(mode: KernelMode) -> std::result::Result<CudaBackend, String> {
+    CudaBackend::new(mode).map_err(|e| e.to_string())
+}
+
+fn main() {
+    let o = match parse_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("kernels bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut rows = Vec::new();
+    let mut ceilings = Ceilings::default();
+    let mut failed = false;
+    // CUDA first: its ceilings are the device's, and they also frame the wgpu figures when both
+    // run on the same GPU.
+    if o.backends.iter().any(|b| b == "cuda") {
+        match (
+            open_cuda(KernelMode::Invariant),
+            open_cuda(KernelMode::Default),
+        ) {
+            (Ok(inv), Ok(def)) => {
+                let s = o.shapes;
+                let copy_bytes = if o.quick { 64 << 20 } else { 1 << 30 };
+                let big_m = if o.quick { 64 } else { 512 };
+                let measured = (|| -> Result<Ceilings> {
+                    let copy = inv.copy_seconds(copy_bytes, o.reps.max(3))?;
+                    let fp32 = inv.cublas_gemm_seconds(
+                        big_m,
+                        s.intermediate,
+                        s.hidden,
+                        GemmPrecision::F32,
+                        o.reps.max(3),
+                    )?;
+                    let bf16 = inv.cublas_gemm_seconds(
+                        big_m.max(4096),
+                        s.intermediate,
+                        s.hidden,
+                        GemmPrecision::Bf16,
+                        o.reps.max(3),
+                    )?;
+                    let flops = |m: usize, t: f64| 2.0 * (m * s.intermediate * s.hidden) as f64 / t;
+                    Ok(Ceilings {
+                        copy_bytes_per_s: Some(2.0 * copy_bytes as f64 / copy),
+                        fp32_flops: Some(flops(big_m, fp32)),
+                        bf16_flops: Some(flops(big_m.max(4096), bf16)),
+                    })
+                })();
+                match measured {
+                    Ok(c) => ceilings = c,
+                    Err(e) => eprintln!("cuda ceilings: {e}"),
+                }
+                match bench_backend("cuda", &inv, Some(&def), &finish_cuda, &o) {
+                    Ok(r) => rows.extend(r),
+                    Err(e) => {
+                        eprintln!("cuda: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => eprintln!("cuda: skipped ({e})"),
+        }
+    }
+    if o.backends.iter().any(|b| b == "wgpu") {
+        match (
+            WgpuBackend::new(KernelMode::Invariant),
+            WgpuBackend::new(KernelMode::Default),
+        ) {
+            (Ok(inv), Ok(def)) => {
+                let name = inv.describe();
+                match bench_backend(&name, &inv, Some(&def), &finish_by_download, &o) {
+                    Ok(r) => rows.extend(r),
+                    Err(e) => {
+                        eprintln!("wgpu: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => eprintln!("wgpu: skipped ({e})"),
+        }
+    }
+    if o.backends.iter().any(|b| b == "cpu") {
+        let cpu = CpuBackend::new();
+        match bench_backend::<CpuBackend>("cpu", &cpu, None, &finish_by_download, &o) {
+            Ok(r) => rows.extend(r),
+            Err(e) => {
+                eprintln!("cpu: {e}");
+                failed = true;
+            }
+        }
+    }
+    report(&rows, &ceilings, &o);
+    if failed || rows.is_empty() {
+        std::process::exit(1);
+    }
+}
+
+fn report(rows: &[Row], c: &Ceilings, o: &Options) {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0}%", 100.0 * v));
+    if o.json {
+        let num = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:e}"));
+        println!(
+            "{{\"shapes\":\"{}\",\"copy_bytes_per_s\":{},\"cublas_fp32_flops\":{},\"cublas_bf16_flops\":{},\"rows\":[",
+            o.shapes.name,
+            num(c.copy_bytes_per_s),
+            num(c.fp32_flops),
+            num(c.bf16_flops)
+        );
+        for (i, r) in rows.iter().enumerate() {
+            println!(
+                "{{\"backend\":\"{}\",\"op\":\"{}\",\"shape\":\"{}\",\"bytes\":{:e},\"flops\":{:e},\"invariant_s\":{:e},\"host_s\":{:e},\"default_s\":{}}}{}",
+                r.backend.replace('"', "'"),
+                r.work.op,
+                r.work.shape,
+                r.work.bytes,
+                r.work.flops,
+                r.invariant_s,
+                r.host_s,
+                num(r.default_s),
+                if i + 1 < rows.len() { "," } else { "" }
+            );
+        }
+        println!("]}}");
+        return;
+    }
+    println!("shapes: {}", o.shapes.name);
+    if let Some(b) = c.copy_bytes_per_s {
+        println!("ceiling: device copy {:.0} GB/s (read + write)", b / 1e9);
+    }
+    if let (Some(f), Some(h)) = (c.fp32_flops, c.bf16_flops) {
+        println!(
+            "ceiling: cuBLAS fp32 (no TF32) {:.1} TFLOP/s, bf16 {:.1} TFLOP/s",
+            f / 1e12,
+            h / 1e12
+        );
+    }
+    println!(
+        "| backend | op | shape | invariant µs | host µs | GB/s | % copy | TFLOP/s | % fp32 | default µs | inv/def |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let t = r.invariant_s;
+        let gbs = r.work.bytes / t;
+        let flops = r.work.flops / t;
+        println!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.0} | {} | {:.2} | {} | {} | {} |",
+            r.backend,
+            r.work.op,
+            r.work.shape,
+            t * 1e6,
+            r.host_s * 1e6,
+            gbs / 1e9,
+            pct(c.copy_bytes_per_s.map(|b| gbs / b)),
+            flops / 1e12,
+            pct(c
+                .fp32_flops
+                .filter(|_| r.work.flops > 0.0)
+                .map(|f| flops / f)),
+            r.default_s
+                .map_or("-".into(), |d| format!("{:.1}", d * 1e6)),
+            r.default_s.map_or("-".into(), |d| format!("{:.2}", t / d)),
+        );
+    }
+}

@@ -1,0 +1,105 @@
+//! What this GPU can do at best, measured in the same run as ditto's kernels so that benchmarks
+//! report ratios rather than absolute figures: device-to-device copy bandwidth, and cuBLAS GEMM
+//! throughput in bf16 (tensor cores) and in fp32 (no TF32: the arithmetic of ditto's invariant
+//! kernels).
+
+use crate::{device_err, CudaBackend};
+use cudarc::cublas::{sys as cublas_sys, CudaBlas};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
+use ditto_engine::{Error, Result};
+use std::time::Instant;
+
+/// The element type of a cuBLAS ceiling GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmPrecision {
+    /// bf16 inputs and output, f32 accumulation, tensor cores.
+    Bf16,
+    /// f32 everywhere, no TF32 (cuBLAS's default math mode).
+    F32,
+}
+
+impl CudaBackend {
+    /// Seconds per device-to-device copy of `bytes` bytes (best of `reps`); bandwidth is
+    /// `2 * bytes / seconds` (each byte is read and written).
+    pub fn copy_seconds(&self, bytes: usize, reps: usize) -> Result<f64> {
+        let len = bytes / 4;
+        let src = self.alloc_zeros::<u32>(len)?;
+        let mut dst = self.alloc_zeros::<u32>(len)?;
+        let mut best = f64::INFINITY;
+        for _ in 0..reps.max(1) + 1 {
+            self.synchronize()?;
+            let t = Instant::now();
+            self.stream
+                .memcpy_dtod(&src, &mut dst)
+                .map_err(device_err("copy"))?;
+            self.synchronize()?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        Ok(best)
+    }
+
+    /// Seconds per cuBLAS GEMM of `[m, k]` by `[k, n]` (best of `reps`, after a warm-up);
+    /// throughput is `2 m n k / seconds`.
+    pub fn cublas_gemm_seconds(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        precision: GemmPrecision,
+        reps: usize,
+    ) -> Result<f64> {
+        let blas = CudaBlas::new(self.stream.clone())
+            .map_err(|e| Error::Device(format!("cuBLAS: {e:?}")))?;
+        let dim = |v: usize| i32::try_from(v).map_err(|_| Error::Input("GEMM size".into()));
+        let (mi, ni, ki) = (dim(m)?, dim(n)?, dim(k)?);
+        let (data_type, elem) = match precision {
+            GemmPrecision::Bf16 => (cublas_sys::cudaDataType_t::CUDA_R_16BF, 2),
+            GemmPrecision::F32 => (cublas_sys::cudaDataType_t::CUDA_R_32F, 4),
+        };
+        // Zero-filled operands: the time of a GEMM does not depend on the values.
+        let a = self.alloc_zeros::<u8>(m * k * elem)?;
+        let b = self.alloc_zeros::<u8>(k * n * elem)?;
+        let mut c = self.alloc_zeros::<u8>(m * n * elem)?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let mut best = f64::INFINITY;
+        for _ in 0..reps.max(1) + 1 {
+            self.synchronize()?;
+            let t = Instant::now();
+            {
+                let (ap, _ag) = a.device_ptr(&self.stream);
+                let (bp, _bg) = b.device_ptr(&self.stream);
+                let (cp, _cg) = c.device_ptr_mut(&self.stream);
+                // SAFETY: a, b and c are live device buffers of m*k, k*n and m*n elements of
+                // `data_type`, column-major with the leading dimensions given; alpha and beta
+                // are host f32 values, as CUBLAS_COMPUTE_32F in host pointer mode reads them.
+                unsafe {
+                    cudarc::cublas::result::gemm_ex(
+                        *blas.handle(),
+                        cublas_sys::cublasOperation_t::CUBLAS_OP_N,
+                        cublas_sys::cublasOperation_t::CUBLAS_OP_N,
+                        mi,
+                        ni,
+                        ki,
+                        &alpha as *const f32 as *const _,
+                        ap as *const _,
+                        data_type,
+                        mi,
+                        bp as *const _,
+                        data_type,
+                        ki,
+                        &beta as *const f32 as *const _,
+                        cp as *mut _,
+                        data_type,
+                        mi,
+                        cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                }
+                .map_err(|e| Error::Device(format!("cublasGemmEx: {e:?}")))?;
+            }
+            self.synchronize()?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        Ok(best)
+    }
+}
