@@ -120,13 +120,49 @@ const MAX_HEAD_DIM: usize = 256;
 /// Marks a query row that no sequence of an attention call covers (`UNUSED_ROW`).
 const UNUSED_ROW: u32 = u32::MAX;
 
+/// Largest parameter block a kernel takes, in bytes (16 words).
+const UNIFORM_BLOCK_BYTES: u64 = 64;
+/// Dispatches in the first batch after a read: small, so that the device starts soon.
+const FIRST_BATCH: usize = 16;
+/// Most dispatches in one batch; also the capacity of a batch's uniform buffer.
+const MAX_BATCH: usize = 256;
+
+/// A compiled kernel entry point and its bind group layout (fetched once: `get_bind_group_layout`
+/// makes a new handle per call).
+struct Kernel {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// Dispatches recorded into one command encoder and one open compute pass, submitted together
+/// ([`WgpuBackend::flush`]) when a result is read or the batch is full. wgpu orders the
+/// dispatches of a pass and inserts the barriers their storage buffers need (each dispatch is a
+/// usage scope of its own), so batching changes no result. Each dispatch's parameter block lies
+/// at its own offset of the batch's uniform buffer; the blocks are written with one
+/// `write_buffer` just before the submit, which the queue applies before the batch runs.
+struct Recorder {
+    // Declared before `encoder`: a pass must be dropped before its encoder.
+    pass: Option<wgpu::ComputePass<'static>>,
+    encoder: wgpu::CommandEncoder,
+    uniform: wgpu::Buffer,
+    params: Vec<u8>,
+    dispatches: usize,
+}
+
 /// The wgpu backend. See the module documentation.
 pub struct WgpuBackend {
     device: wgpu::Device,
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
-    pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Kernel>>>,
+    /// The dispatches recorded but not yet submitted ([`Recorder`]).
+    recorder: Mutex<Option<Recorder>>,
+    /// Dispatches after which the open batch is submitted; grows from [`FIRST_BATCH`] to
+    /// [`MAX_BATCH`] while no result is read, and falls back after each read.
+    batch_limit: Mutex<usize>,
+    /// Bytes between two parameter blocks in a batch's uniform buffer.
+    uniform_stride: u64,
     /// `Default` swaps in the split-K GEMV of `matmul_default.wgsl` for few-row matmuls; every
     /// other kernel is the invariant one (no faster wgpu kernel exists for them yet).
     mode: KernelMode,
@@ -179,8 +215,12 @@ impl WgpuBackend {
             device,
             queue,
             info,
-            limits,
+            limits: limits.clone(),
             pipelines: Mutex::new(HashMap::new()),
+            recorder: Mutex::new(None),
+            batch_limit: Mutex::new(FIRST_BATCH),
+            uniform_stride: u64::from(limits.min_uniform_buffer_offset_alignment)
+                .max(UNIFORM_BLOCK_BYTES),
             mode,
         })
     }
@@ -217,11 +257,7 @@ impl WgpuBackend {
     }
 
     /// The compiled pipeline of entry point `entry` of kernel `kernel`, compiled on first use.
-    fn pipeline(
-        &self,
-        kernel: &'static str,
-        entry: &'static str,
-    ) -> Result<Arc<wgpu::ComputePipeline>> {
+    fn kernel(&self, kernel: &'static str, entry: &'static str) -> Result<Arc<Kernel>> {
         let mut cache = self
             .pipelines
             .lock()
@@ -254,9 +290,10 @@ impl WgpuBackend {
                 self.info.name
             )));
         }
-        let pipeline = Arc::new(pipeline);
-        cache.insert((kernel, entry), pipeline.clone());
-        Ok(pipeline)
+        let layout = pipeline.get_bind_group_layout(0);
+        let compiled = Arc::new(Kernel { pipeline, layout });
+        cache.insert((kernel, entry), compiled.clone());
+        Ok(compiled)
     }
 
     /// A zero-filled storage buffer of `bytes` (at least 4), checked against the device limits.
@@ -375,20 +412,29 @@ impl WgpuBackend {
         if groups.0 == 0 || groups.1 == 0 {
             return Ok(());
         }
-        let pipeline = self.pipeline(kernel, entry)?;
+        let kernel = self.kernel(kernel, entry)?;
         // Padded to a 16-byte multiple, as uniform blocks require.
         let mut words = params.to_vec();
         words.resize(words.len().div_ceil(4).max(1) * 4, 0);
-        let uniform = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::cast_slice(&words),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+        let block = bytemuck::cast_slice::<u32, u8>(&words);
+        if block.len() as u64 > UNIFORM_BLOCK_BYTES {
+            return Err(Error::Device(format!(
+                "{entry}: a {}-byte parameter block exceeds {UNIFORM_BLOCK_BYTES}",
+                block.len()
+            )));
+        }
+        let mut guard = self.lock_recorder()?;
+        let recorder = guard.get_or_insert_with(|| self.new_recorder());
+        let offset = recorder.dispatches as u64 * self.uniform_stride;
+        recorder.params.resize(offset as usize, 0);
+        recorder.params.extend_from_slice(block);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
-            resource: uniform.as_entire_binding(),
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &recorder.uniform,
+                offset,
+                size: wgpu::BufferSize::new(block.len() as u64),
+            }),
         }];
         entries.extend(buffers.iter().map(|(binding, b)| wgpu::BindGroupEntry {
             binding: *binding,
@@ -396,23 +442,95 @@ impl WgpuBackend {
         }));
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
-            layout: &pipeline.get_bind_group_layout(0),
+            layout: &kernel.layout,
             entries: &entries,
         });
-        let mut encoder = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups.0, groups.1, 1);
+        let pass = recorder.pass.get_or_insert_with(|| {
+            recorder
+                .encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor::default())
+                .forget_lifetime()
+        });
+        pass.set_pipeline(&kernel.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        recorder.dispatches += 1;
+        let limit = *self.lock_batch_limit()?;
+        if recorder.dispatches >= limit {
+            let full = guard.take();
+            drop(guard);
+            self.submit(full, None)?;
+            let mut limit = self.lock_batch_limit()?;
+            *limit = (*limit * 2).min(MAX_BATCH);
         }
-        self.queue.submit([encoder.finish()]);
         if wait {
+            self.flush()?;
             self.wait()?;
         }
         Ok(())
+    }
+
+    fn lock_recorder(&self) -> Result<std::sync::MutexGuard<'_, Option<Recorder>>> {
+        self.recorder
+            .lock()
+            .map_err(|_| Error::Device("command recorder poisoned by a panic".into()))
+    }
+
+    fn lock_batch_limit(&self) -> Result<std::sync::MutexGuard<'_, usize>> {
+        self.batch_limit
+            .lock()
+            .map_err(|_| Error::Device("batch limit poisoned by a panic".into()))
+    }
+
+    fn new_recorder(&self) -> Recorder {
+        Recorder {
+            pass: None,
+            encoder: self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }),
+            uniform: self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("params"),
+                size: MAX_BATCH as u64 * self.uniform_stride,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            params: Vec::new(),
+            dispatches: 0,
+        }
+    }
+
+    /// Submits `recorder`'s dispatches (if any), then — in the same command buffer — a copy of
+    /// `copy.1` bytes of `copy.0` into `copy.2`, if asked.
+    fn submit(
+        &self,
+        recorder: Option<Recorder>,
+        copy: Option<(&wgpu::Buffer, u64, &wgpu::Buffer)>,
+    ) -> Result<()> {
+        let mut encoder = match recorder {
+            Some(mut r) => {
+                // Ends the pass, so that the encoder can be finished.
+                r.pass = None;
+                if !r.params.is_empty() {
+                    self.queue.write_buffer(&r.uniform, 0, &r.params);
+                }
+                r.encoder
+            }
+            None if copy.is_some() => self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }),
+            None => return Ok(()),
+        };
+        if let Some((src, size, dst)) = copy {
+            encoder.copy_buffer_to_buffer(src, 0, dst, 0, size);
+        }
+        self.queue.submit([encoder.finish()]);
+        Ok(())
+    }
+
+    /// Submits every recorded dispatch.
+    fn flush(&self) -> Result<()> {
+        let pending = self.lock_recorder()?.take();
+        self.submit(pending, None)
     }
 
     fn wait(&self) -> Result<()> {
@@ -422,7 +540,8 @@ impl WgpuBackend {
             .map_err(|e| Error::Device(format!("{}: {e}", self.info.name)))
     }
 
-    /// Copies the first `bytes` (rounded up to words) of `buffer` back to the host.
+    /// Copies the first `bytes` (rounded up to words) of `buffer` back to the host, after every
+    /// dispatch recorded so far.
     fn read(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         let size = bytes.max(4).div_ceil(4) * 4;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -431,11 +550,10 @@ impl WgpuBackend {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut encoder = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
-        self.queue.submit([encoder.finish()]);
+        let pending = self.lock_recorder()?.take();
+        self.submit(pending, Some((buffer, size, &staging)))?;
+        // The host now waits for the device: start the next batch small again.
+        *self.lock_batch_limit()? = FIRST_BATCH;
         let (tx, rx) = mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             // The receiver waits below; if it is gone there is nobody left to tell.
