@@ -113,6 +113,33 @@ fn sorted_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
 const ELEMENTWISE_THREADS: usize = 256;
 /// Rows up to which `matmul` uses the GEMV kernel (`GEMV_ROWS` in matmul.wgsl).
 const GEMV_MAX_ROWS: usize = 8;
+/// Threads of the vectorised GEMV's workgroup (`GEMV4_THREADS` in matmul.wgsl).
+const GEMV_VEC_THREADS: usize = 256;
+/// bf16 elements of x the vectorised GEMV stages per K segment, all rows together (`gemv4_x`).
+const GEMV_VEC_X_ELEMS: usize = 4096;
+
+/// How `gemv_vec` cuts an m × k product: K in segments of `seg_chunks` chunks (as many as the
+/// staged x holds, spread evenly over the segments), and `cols` output columns per workgroup, so
+/// that each (column, chunk of the segment) has a thread. Only the work split depends on m; the
+/// order of every sum is the contract's.
+struct GemvPlan {
+    cols: u32,
+    seg_chunks: u32,
+}
+
+impl GemvPlan {
+    fn new(m: usize, k: usize) -> Self {
+        let chunks = k.div_ceil(contract::DOT_CHUNK).max(1);
+        let most = (GEMV_VEC_X_ELEMS / (m.max(1) * contract::DOT_CHUNK)).max(1);
+        let segments = chunks.div_ceil(most);
+        let seg_chunks = chunks.div_ceil(segments);
+        GemvPlan {
+            cols: (GEMV_VEC_THREADS / seg_chunks) as u32,
+            seg_chunks: seg_chunks as u32,
+        }
+    }
+}
+
 /// Output tile side of the GEMM kernel (`TILE` in matmul.wgsl).
 const GEMM_TILE: usize = 32;
 /// Largest head_dim the attention kernel's shared arrays hold (`MAX_HEAD_DIM`).
@@ -126,6 +153,9 @@ const UNIFORM_BLOCK_BYTES: u64 = 64;
 const FIRST_BATCH: usize = 16;
 /// Most dispatches in one batch; also the capacity of a batch's uniform buffer.
 const MAX_BATCH: usize = 256;
+
+/// A kernel entry point, and the value of its pipeline constant if it has one.
+type KernelKey = (&'static str, &'static str, Option<(&'static str, u32)>);
 
 /// A compiled kernel entry point and its bind group layout (fetched once: `get_bind_group_layout`
 /// makes a new handle per call).
@@ -155,7 +185,7 @@ pub struct WgpuBackend {
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
-    pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Kernel>>>,
+    pipelines: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
     /// The dispatches recorded but not yet submitted ([`Recorder`]).
     recorder: Mutex<Option<Recorder>>,
     /// Dispatches after which the open batch is submitted; grows from [`FIRST_BATCH`] to
@@ -247,6 +277,7 @@ impl WgpuBackend {
         self.run_words(
             "numerics_probe",
             "main",
+            None,
             &[op as u32, u32_of(a.len(), "probe")?, 0, 0],
             &[(1, &ta.buffer), (2, &tb.buffer), (3, &out)],
             self.groups(a.len().div_ceil(ELEMENTWISE_THREADS))?,
@@ -256,13 +287,15 @@ impl WgpuBackend {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    /// The compiled pipeline of entry point `entry` of kernel `kernel`, compiled on first use.
-    fn kernel(&self, kernel: &'static str, entry: &'static str) -> Result<Arc<Kernel>> {
+    /// The compiled pipeline of entry point `entry` of kernel `kernel`, with pipeline constant
+    /// `constant` set if given, compiled on first use.
+    fn kernel(&self, key: KernelKey) -> Result<Arc<Kernel>> {
+        let (kernel, entry, constant) = key;
         let mut cache = self
             .pipelines
             .lock()
             .map_err(|_| Error::Device("pipeline cache poisoned by a panic".into()))?;
-        if let Some(p) = cache.get(&(kernel, entry)) {
+        if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
         // Compilation errors are bugs in our sources (the naga test validates them), but a
@@ -274,6 +307,10 @@ impl WgpuBackend {
                 label: Some(kernel),
                 source: wgpu::ShaderSource::Wgsl(wgsl::source(kernel).into()),
             });
+        let constants: Vec<(&str, f64)> = constant
+            .iter()
+            .map(|&(name, v)| (name, f64::from(v)))
+            .collect();
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -281,7 +318,12 @@ impl WgpuBackend {
                 layout: None,
                 module: &module,
                 entry_point: Some(entry),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    // Every kernel writes each workgroup variable before reading it, so the
+                    // zero-fill WebGPU would otherwise add to each workgroup is not needed.
+                    zero_initialize_workgroup_memory: false,
+                },
                 cache: None,
             });
         if let Some(e) = pollster::block_on(scope.pop()) {
@@ -292,7 +334,7 @@ impl WgpuBackend {
         }
         let layout = pipeline.get_bind_group_layout(0);
         let compiled = Arc::new(Kernel { pipeline, layout });
-        cache.insert((kernel, entry), compiled.clone());
+        cache.insert(key, compiled.clone());
         Ok(compiled)
     }
 
@@ -396,14 +438,17 @@ impl WgpuBackend {
         let mut words = Vec::with_capacity(params.len() + 1);
         words.push(0u32);
         words.extend_from_slice(params);
-        self.run_words(kernel, entry, &words, buffers, groups, wait)
+        self.run_words(kernel, entry, None, &words, buffers, groups, wait)
     }
 
-    /// [`Self::run`] with the whole parameter block given, `opaque_zero` included.
+    /// [`Self::run`] with the whole parameter block given, `opaque_zero` included, and a pipeline
+    /// constant if the kernel has one.
+    #[allow(clippy::too_many_arguments)]
     fn run_words(
         &self,
         kernel: &'static str,
         entry: &'static str,
+        constant: Option<(&'static str, u32)>,
         params: &[u32],
         buffers: &[(u32, &wgpu::Buffer)],
         groups: (u32, u32),
@@ -412,7 +457,7 @@ impl WgpuBackend {
         if groups.0 == 0 || groups.1 == 0 {
             return Ok(());
         }
-        let kernel = self.kernel(kernel, entry)?;
+        let kernel = self.kernel((kernel, entry, constant))?;
         // Padded to a 16-byte multiple, as uniform blocks require.
         let mut words = params.to_vec();
         words.resize(words.len().div_ceil(4).max(1) * 4, 0);
@@ -727,26 +772,37 @@ impl Backend for WgpuBackend {
         expect_tensor(x, "matmul input", DType::F32, m * k)?;
         expect_tensor(w, "matmul weight", DType::Bf16, n * k)?;
         let result = self.f32_tensor(m * n, "matmul output")?;
-        let params = [
+        let (m32, n32, k32) = (
             u32_of(m, "matmul m")?,
             u32_of(n, "matmul n")?,
             u32_of(k, "matmul k")?,
-        ];
-        let buffers = [(1, &*x.buffer), (2, &*w.buffer), (3, &*result.buffer)];
+        );
         if m * n > 0 {
-            // The kernel is chosen from m alone; both compute the contract's order, so the
+            // The kernel is chosen from m and k alone; all compute the contract's order, so the
             // choice never changes bits (tests/batch_invariance.rs checks it).
+            let buffers = [(1, &*x.buffer), (2, &*w.buffer), (3, &*result.buffer)];
             if m <= GEMV_MAX_ROWS && self.mode == KernelMode::Default {
-                let groups = self.groups(n)?;
                 self.run(
                     "matmul_default",
                     "gemv_split",
-                    &params,
+                    &[m32, n32, k32],
                     &buffers,
-                    groups,
+                    self.groups(n)?,
+                    false,
+                )?;
+            } else if m <= GEMV_MAX_ROWS && k > 0 && k.is_multiple_of(8) {
+                let plan = GemvPlan::new(m, k);
+                self.run_words(
+                    "matmul",
+                    "gemv_vec",
+                    Some(("GEMV_M", m32)),
+                    &[0, m32, n32, k32, plan.cols, plan.seg_chunks, 0, 0],
+                    &[(1, &*x.buffer), (4, &*w.buffer), (3, &*result.buffer)],
+                    self.groups(n.div_ceil(plan.cols as usize))?,
                     false,
                 )?;
             } else if m <= GEMV_MAX_ROWS {
+                let params = [m32, n32, k32, 0, 0, 0, 0];
                 self.run("matmul", "gemv", &params, &buffers, self.groups(n)?, false)?;
             } else {
                 let (gx, gy) = (n.div_ceil(GEMM_TILE), m.div_ceil(GEMM_TILE));
@@ -756,6 +812,7 @@ impl Backend for WgpuBackend {
                         "matmul {m}×{n}: {gx}×{gy} tiles exceed the {max}-workgroup grid"
                     )));
                 }
+                let params = [m32, n32, k32, 0, 0, 0, 0];
                 self.run(
                     "matmul",
                     "gemm",
