@@ -46,7 +46,12 @@ fn main() {
         for _ in 0..count {
             acc = b.add(&acc, &a).unwrap();
         }
+        let recorded = t.elapsed();
         b.download_f32(&acc).unwrap();
+        println!(
+            "{mode:?}: {count} small dispatches recorded (host) in {:.1} µs each",
+            recorded.as_secs_f64() / count as f64 * 1e6
+        );
         println!(
             "{mode:?}: {count} small dispatches: {:.1} µs each",
             t.elapsed().as_secs_f64() / count as f64 * 1e6

@@ -18,13 +18,13 @@ use crate::backend::{
 use crate::{Error, Result};
 use ditto_shaders::{contract, wgsl, ProbeOp};
 use std::collections::HashMap;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 use wgpu::util::DeviceExt;
 
 /// A tensor in device memory.
 #[derive(Clone, Debug)]
 pub struct WgpuTensor {
-    buffer: Arc<wgpu::Buffer>,
+    buffer: Arc<DeviceBuffer>,
     len: usize,
     dtype: DType,
 }
@@ -35,6 +35,61 @@ impl Tensor for WgpuTensor {
     }
     fn dtype(&self) -> DType {
         self.dtype
+    }
+}
+
+/// A storage buffer that goes back to its backend's [`BufferPool`] when the last tensor holding
+/// it is dropped.
+#[derive(Debug)]
+struct DeviceBuffer {
+    buffer: wgpu::Buffer,
+    pool: Weak<Mutex<BufferPool>>,
+}
+
+impl std::ops::Deref for DeviceBuffer {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            if let Ok(mut pool) = pool.lock() {
+                pool.put(self.buffer.clone());
+            }
+        }
+    }
+}
+
+/// Storage buffers no tensor holds any more, by size, reused as kernel outputs so that a decode
+/// step allocates (and wgpu zero-fills) no new buffer per op. A buffer may go back to the pool
+/// while dispatches recorded earlier still read it: a later dispatch that writes it is recorded,
+/// and so runs, after them. Only outputs that their kernel writes in full come from the pool
+/// (never `zeros`, uploads, or the attention output, which relies on zeros for unused rows).
+#[derive(Debug, Default)]
+struct BufferPool {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    bytes: u64,
+}
+
+/// Most bytes of buffers the pool keeps; beyond it, dropped buffers are freed.
+const POOL_MAX_BYTES: u64 = 512 << 20;
+
+impl BufferPool {
+    fn put(&mut self, buffer: wgpu::Buffer) {
+        let size = buffer.size();
+        if self.bytes + size <= POOL_MAX_BYTES {
+            self.bytes += size;
+            self.free.entry(size).or_default().push(buffer);
+        }
+    }
+
+    fn take(&mut self, size: u64) -> Option<wgpu::Buffer> {
+        let buffer = self.free.get_mut(&size)?.pop()?;
+        self.bytes -= size;
+        Some(buffer)
     }
 }
 
@@ -193,6 +248,7 @@ pub struct WgpuBackend {
     batch_limit: Mutex<usize>,
     /// Bytes between two parameter blocks in a batch's uniform buffer.
     uniform_stride: u64,
+    pool: Arc<Mutex<BufferPool>>,
     /// `Default` swaps in the split-K GEMV of `matmul_default.wgsl` for few-row matmuls; every
     /// other kernel is the invariant one (no faster wgpu kernel exists for them yet).
     mode: KernelMode,
@@ -251,6 +307,7 @@ impl WgpuBackend {
             batch_limit: Mutex::new(FIRST_BATCH),
             uniform_stride: u64::from(limits.min_uniform_buffer_offset_alignment)
                 .max(UNIFORM_BLOCK_BYTES),
+            pool: Arc::new(Mutex::new(BufferPool::default())),
             mode,
         })
     }
@@ -396,14 +453,34 @@ impl WgpuBackend {
 
     fn tensor(&self, buffer: wgpu::Buffer, len: usize, dtype: DType) -> WgpuTensor {
         WgpuTensor {
-            buffer: Arc::new(buffer),
+            buffer: Arc::new(DeviceBuffer {
+                buffer,
+                pool: Arc::downgrade(&self.pool),
+            }),
             len,
             dtype,
         }
     }
 
+    /// A storage buffer of `bytes` (at least 4) with unspecified contents, from the pool if it
+    /// has one of that size: only for outputs that their kernel writes in full.
+    fn output_buffer(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
+        let size = self.checked_size(bytes, what)?;
+        let pooled = self
+            .pool
+            .lock()
+            .map_err(|_| Error::Device("buffer pool poisoned by a panic".into()))?
+            .take(size);
+        match pooled {
+            Some(b) => Ok(b),
+            None => self.buffer(size, what),
+        }
+    }
+
+    /// An f32 tensor of `len` elements that a kernel will write in full (see
+    /// [`Self::output_buffer`]).
     fn f32_tensor(&self, len: usize, what: &str) -> Result<WgpuTensor> {
-        Ok(self.tensor(self.buffer(len as u64 * 4, what)?, len, DType::F32))
+        Ok(self.tensor(self.output_buffer(len as u64 * 4, what)?, len, DType::F32))
     }
 
     /// A workgroup grid of `count` workgroups: one row of up to the per-dimension limit, then
@@ -780,7 +857,8 @@ impl Backend for WgpuBackend {
         if m * n > 0 {
             // The kernel is chosen from m and k alone; all compute the contract's order, so the
             // choice never changes bits (tests/batch_invariance.rs checks it).
-            let buffers = [(1, &*x.buffer), (2, &*w.buffer), (3, &*result.buffer)];
+            let buffers: [(u32, &wgpu::Buffer); 3] =
+                [(1, &x.buffer), (2, &w.buffer), (3, &result.buffer)];
             if m <= GEMV_MAX_ROWS && self.mode == KernelMode::Default {
                 self.run(
                     "matmul_default",
@@ -797,7 +875,7 @@ impl Backend for WgpuBackend {
                     "gemv_vec",
                     Some(("GEMV_M", m32)),
                     &[0, m32, n32, k32, plan.cols, plan.seg_chunks, 0, 0],
-                    &[(1, &*x.buffer), (4, &*w.buffer), (3, &*result.buffer)],
+                    &[(1, &x.buffer), (4, &w.buffer), (3, &result.buffer)],
                     self.groups(n.div_ceil(plan.cols as usize))?,
                     false,
                 )?;
@@ -828,7 +906,7 @@ impl Backend for WgpuBackend {
             DType::Bf16 => {
                 let len = m * n;
                 let packed = self.tensor(
-                    self.buffer(len as u64 * 2, "matmul bf16 output")?,
+                    self.output_buffer(len as u64 * 2, "matmul bf16 output")?,
                     len,
                     DType::Bf16,
                 );
@@ -993,7 +1071,12 @@ impl Backend for WgpuBackend {
                 g.head_dim
             )));
         }
-        let out = self.f32_tensor(q.len, "attention output")?;
+        // A new (zero-filled) buffer, not a pooled one: rows no sequence covers stay zero.
+        let out = self.tensor(
+            self.buffer(q.len as u64 * 4, "attention output")?,
+            q.len,
+            DType::F32,
+        );
         if rows == 0 || seqs.is_empty() {
             return Ok(out);
         }
@@ -1041,7 +1124,7 @@ impl Backend for WgpuBackend {
         if rows == 0 {
             return Ok(Vec::new());
         }
-        let out = self.buffer(rows as u64 * 4, "argmax output")?;
+        let out = self.output_buffer(rows as u64 * 4, "argmax output")?;
         self.run(
             "argmax",
             "main",
