@@ -17,7 +17,9 @@ fn main() {
     let iters = args.get(3).copied().unwrap_or(10);
     for mode in [KernelMode::Invariant, KernelMode::Default] {
         let b = WgpuBackend::new(mode).expect("wgpu");
-        let x: Vec<f32> = (0..m * k).map(|i| ((i % 97) as f32 - 48.0) / 17.0).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i % 97) as f32 - 48.0) / 17.0)
+            .collect();
         let w: Vec<u16> = (0..n * k)
             .map(|i| 0x3c00 + ((i * 2654435761) % 0x800) as u16)
             .collect();
