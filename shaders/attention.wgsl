@@ -17,7 +17,7 @@ struct Params {
     _pad: u32,
 }
 
-const THREADS: u32 = 64u;
+const THREADS: u32 = 128u;
 const MAX_HEAD_DIM: u32 = 256u;
 const UNUSED_ROW: u32 = 0xffffffffu;
 
@@ -48,7 +48,7 @@ fn v_at(e: u32) -> f32 {
     return bf16_to_f32(v_cache[e >> 1u] >> ((e & 1u) << 4u));
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(128)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,

@@ -4,19 +4,27 @@
 // contract's order: K in chunks of DOT_CHUNK, one accumulator per chunk from +0.0 with k
 // ascending, chunk partials combined in ascending order by combine_chunk_partials.
 //
-// Two entry points with the same bindings, chosen by the host from m alone (never changing any
-// order): `gemv` for a few rows, `gemm` for many.
+// Three entry points, chosen by the host from m and k alone (never changing any order): `gemv_vec`
+// for a few rows when k is a multiple of 8, `gemv` (scalar loads) for a few rows otherwise,
+// `gemm` for many rows. `gemv_vec` reads the weights through `w4` (binding 4), the others through
+// `w` (binding 2); they are the same buffer.
 struct Params {
     opaque_zero: u32,
     m: u32,
     n: u32,
     k: u32,
+    // gemv_vec only: output columns per workgroup, and chunks per K segment (threads per column).
+    cols: u32,
+    seg_chunks: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> w4: array<vec4<u32>>;
 
 fn w_at(e: u32) -> f32 {
     return bf16_to_f32(w[e >> 1u] >> ((e & 1u) << 4u));
@@ -74,6 +82,143 @@ fn gemv(
     }
     if (t < m) {
         out[t * params.n + j] = total;
+    }
+}
+
+// ---- GEMV, vectorised (k a multiple of 8): a workgroup of 256 threads computes `cols` output
+// columns for all m ≤ GEMV_ROWS rows. K is walked in segments of `seg_chunks` chunks; per segment
+// the workgroup first stages x's segment, rounded to bf16 once and packed two per word, in
+// workgroup memory (shared by every column), then thread t = column · seg_chunks + slot computes
+// the partials of chunk (segment start + slot) of its column, for every row, reading its weights
+// 8 at a time (one vec4<u32>); then one thread per (row, column) adds that segment's chunk
+// partials, ascending, to its running total. So each chunk is one accumulator from +0.0 with k
+// ascending, and the partials are combined in ascending chunk order: the contract's order.
+// The host picks cols · seg_chunks ≤ 256 and GEMV_M · seg_chunks · DOT_CHUNK ≤ 8 · 512.
+// GEMV_M (= m) is a pipeline constant, so that the row loops unroll and `p` stays in registers.
+const GEMV4_THREADS: u32 = 256u;
+override GEMV_M: u32 = 8u;
+
+var<workgroup> gemv4_x: array<vec4<u32>, 512>; // [GEMV_M][seg_chunks · DOT_CHUNK / 8]
+var<workgroup> gemv4_part: array<f32, 2048>; // [GEMV_ROWS][GEMV4_THREADS]
+
+fn bf16_lo(word: u32) -> f32 {
+    return bitcast<f32>(word << 16u);
+}
+
+fn bf16_hi(word: u32) -> f32 {
+    return bitcast<f32>(word & 0xffff0000u);
+}
+
+fn x_word(r: u32, kk: u32) -> u32 {
+    let k = params.k;
+    var lo = 0u;
+    var hi = 0u;
+    if (kk < k) {
+        lo = round_bf16_bits(x[r * k + kk]);
+    }
+    if (kk + 1u < k) {
+        hi = round_bf16_bits(x[r * k + kk + 1u]);
+    }
+    return lo | (hi << 16u);
+}
+
+@compute @workgroup_size(256)
+fn gemv_vec(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    opaque_zero = params.opaque_zero;
+    let n = params.n;
+    let k = params.k;
+    let cols = params.cols;
+    let cs = params.seg_chunks;
+    let col0 = (wg.x + wg.y * nwg.x) * cols;
+    if (col0 >= n) {
+        return;
+    }
+    let col = t / cs;
+    let slot = t % cs;
+    let j = col0 + col;
+    let busy = col < cols && j < n;
+    let chunks = (k + DOT_CHUNK - 1u) / DOT_CHUNK;
+    let seg_vecs = cs * (DOT_CHUNK / 8u);
+    let pairs = GEMV_M * cols;
+    var total: array<f32, 8>; // the pairs (row, column) t + 256·i, pair = column · GEMV_M + row
+    for (var i = 0u; i < 8u; i++) {
+        total[i] = 0.0;
+    }
+    for (var s0 = 0u; s0 < chunks; s0 += cs) {
+        let k0 = s0 * DOT_CHUNK;
+        for (var e = t; e < GEMV_M * seg_vecs; e += GEMV4_THREADS) {
+            let r = e / seg_vecs;
+            let kk = k0 + (e % seg_vecs) * 8u;
+            gemv4_x[e] = vec4<u32>(
+                x_word(r, kk),
+                x_word(r, kk + 2u),
+                x_word(r, kk + 4u),
+                x_word(r, kk + 6u),
+            );
+        }
+        workgroupBarrier();
+        let c = s0 + slot;
+        if (busy && c < chunks) {
+            var p: array<f32, GEMV_ROWS>;
+            for (var r = 0u; r < GEMV_M; r++) {
+                p[r] = 0.0;
+            }
+            let start = c * DOT_CHUNK;
+            let vecs = (min(start + DOT_CHUNK, k) - start) / 8u;
+            let wbase = (j * k + start) / 8u;
+            let xbase = (start - k0) / 8u;
+            for (var v = 0u; v < vecs; v++) {
+                let wv = w4[wbase + v];
+                let w0 = bf16_lo(wv.x);
+                let w1 = bf16_hi(wv.x);
+                let w2 = bf16_lo(wv.y);
+                let w3 = bf16_hi(wv.y);
+                let w4_ = bf16_lo(wv.z);
+                let w5 = bf16_hi(wv.z);
+                let w6 = bf16_lo(wv.w);
+                let w7 = bf16_hi(wv.w);
+                for (var r = 0u; r < GEMV_M; r++) {
+                    let xv = gemv4_x[r * seg_vecs + xbase + v];
+                    var a = p[r];
+                    a = a + bf16_lo(xv.x) * w0;
+                    a = a + bf16_hi(xv.x) * w1;
+                    a = a + bf16_lo(xv.y) * w2;
+                    a = a + bf16_hi(xv.y) * w3;
+                    a = a + bf16_lo(xv.z) * w4_;
+                    a = a + bf16_hi(xv.z) * w5;
+                    a = a + bf16_lo(xv.w) * w6;
+                    a = a + bf16_hi(xv.w) * w7;
+                    p[r] = a;
+                }
+            }
+            for (var r = 0u; r < GEMV_M; r++) {
+                gemv4_part[r * GEMV4_THREADS + t] = p[r];
+            }
+        }
+        workgroupBarrier();
+        let here = min(cs, chunks - s0);
+        for (var i = 0u; i < 8u; i++) {
+            let pair = t + i * GEMV4_THREADS;
+            if (pair < pairs) {
+                let r = pair % GEMV_M;
+                let first = (pair / GEMV_M) * cs;
+                for (var q = 0u; q < here; q++) {
+                    total[i] = combine_chunk_partials(total[i], gemv4_part[r * GEMV4_THREADS + first + q]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 8u; i++) {
+        let pair = t + i * GEMV4_THREADS;
+        let jj = col0 + pair / GEMV_M;
+        if (pair < pairs && jj < n) {
+            out[(pair % GEMV_M) * n + jj] = total[i];
+        }
     }
 }
 

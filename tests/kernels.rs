@@ -38,9 +38,17 @@ fn matmul_shapes<B: Backend>(b: &B) {
         (40, 70, 300),
         (100, 1, 7),
         (17, 9, 12288),
-        // More chunks than one GEMV block holds: the two-launch path.
+        // More chunks than one CUDA GEMV block holds: the two-launch path.
         (1, 4, 65_792),
         (2, 3, 66_001),
+        // The vectorised GEMV (k a multiple of 8): one and several K segments, several
+        // workgroups, more (row, column) pairs than threads.
+        (1, 300, 4096),
+        (8, 70, 4096),
+        (2, 9, 12288),
+        (4, 513, 8),
+        (6, 260, 1536),
+        (7, 40, 1000),
     ];
     for (m, n, k) in shapes {
         let x = activations(&mut rng, m * k);

@@ -18,13 +18,13 @@ use crate::backend::{
 use crate::{Error, Result};
 use ditto_shaders::{contract, wgsl, ProbeOp};
 use std::collections::HashMap;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 use wgpu::util::DeviceExt;
 
 /// A tensor in device memory.
 #[derive(Clone, Debug)]
 pub struct WgpuTensor {
-    buffer: Arc<wgpu::Buffer>,
+    buffer: Arc<DeviceBuffer>,
     len: usize,
     dtype: DType,
 }
@@ -35,6 +35,61 @@ impl Tensor for WgpuTensor {
     }
     fn dtype(&self) -> DType {
         self.dtype
+    }
+}
+
+/// A storage buffer that goes back to its backend's [`BufferPool`] when the last tensor holding
+/// it is dropped.
+#[derive(Debug)]
+struct DeviceBuffer {
+    buffer: wgpu::Buffer,
+    pool: Weak<Mutex<BufferPool>>,
+}
+
+impl std::ops::Deref for DeviceBuffer {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            if let Ok(mut pool) = pool.lock() {
+                pool.put(self.buffer.clone());
+            }
+        }
+    }
+}
+
+/// Storage buffers no tensor holds any more, by size, reused as kernel outputs so that a decode
+/// step allocates (and wgpu zero-fills) no new buffer per op. A buffer may go back to the pool
+/// while dispatches recorded earlier still read it: a later dispatch that writes it is recorded,
+/// and so runs, after them. Only outputs that their kernel writes in full come from the pool
+/// (never `zeros`, uploads, or the attention output, which relies on zeros for unused rows).
+#[derive(Debug, Default)]
+struct BufferPool {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    bytes: u64,
+}
+
+/// Most bytes of buffers the pool keeps; beyond it, dropped buffers are freed.
+const POOL_MAX_BYTES: u64 = 512 << 20;
+
+impl BufferPool {
+    fn put(&mut self, buffer: wgpu::Buffer) {
+        let size = buffer.size();
+        if self.bytes + size <= POOL_MAX_BYTES {
+            self.bytes += size;
+            self.free.entry(size).or_default().push(buffer);
+        }
+    }
+
+    fn take(&mut self, size: u64) -> Option<wgpu::Buffer> {
+        let buffer = self.free.get_mut(&size)?.pop()?;
+        self.bytes -= size;
+        Some(buffer)
     }
 }
 
@@ -113,6 +168,33 @@ fn sorted_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
 const ELEMENTWISE_THREADS: usize = 256;
 /// Rows up to which `matmul` uses the GEMV kernel (`GEMV_ROWS` in matmul.wgsl).
 const GEMV_MAX_ROWS: usize = 8;
+/// Threads of the vectorised GEMV's workgroup (`GEMV4_THREADS` in matmul.wgsl).
+const GEMV_VEC_THREADS: usize = 256;
+/// bf16 elements of x the vectorised GEMV stages per K segment, all rows together (`gemv4_x`).
+const GEMV_VEC_X_ELEMS: usize = 4096;
+
+/// How `gemv_vec` cuts an m × k product: K in segments of `seg_chunks` chunks (as many as the
+/// staged x holds, spread evenly over the segments), and `cols` output columns per workgroup, so
+/// that each (column, chunk of the segment) has a thread. Only the work split depends on m; the
+/// order of every sum is the contract's.
+struct GemvPlan {
+    cols: u32,
+    seg_chunks: u32,
+}
+
+impl GemvPlan {
+    fn new(m: usize, k: usize) -> Self {
+        let chunks = k.div_ceil(contract::DOT_CHUNK).max(1);
+        let most = (GEMV_VEC_X_ELEMS / (m.max(1) * contract::DOT_CHUNK)).max(1);
+        let segments = chunks.div_ceil(most);
+        let seg_chunks = chunks.div_ceil(segments);
+        GemvPlan {
+            cols: (GEMV_VEC_THREADS / seg_chunks) as u32,
+            seg_chunks: seg_chunks as u32,
+        }
+    }
+}
+
 /// Output tile side of the GEMM kernel (`TILE` in matmul.wgsl).
 const GEMM_TILE: usize = 32;
 /// Largest head_dim the attention kernel's shared arrays hold (`MAX_HEAD_DIM`).
@@ -120,13 +202,53 @@ const MAX_HEAD_DIM: usize = 256;
 /// Marks a query row that no sequence of an attention call covers (`UNUSED_ROW`).
 const UNUSED_ROW: u32 = u32::MAX;
 
+/// Largest parameter block a kernel takes, in bytes (16 words).
+const UNIFORM_BLOCK_BYTES: u64 = 64;
+/// Dispatches in the first batch after a read: small, so that the device starts soon.
+const FIRST_BATCH: usize = 16;
+/// Most dispatches in one batch; also the capacity of a batch's uniform buffer.
+const MAX_BATCH: usize = 256;
+
+/// A kernel entry point, and the value of its pipeline constant if it has one.
+type KernelKey = (&'static str, &'static str, Option<(&'static str, u32)>);
+
+/// A compiled kernel entry point and its bind group layout (fetched once: `get_bind_group_layout`
+/// makes a new handle per call).
+struct Kernel {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// Dispatches recorded into one command encoder and one open compute pass, submitted together
+/// ([`WgpuBackend::flush`]) when a result is read or the batch is full. wgpu orders the
+/// dispatches of a pass and inserts the barriers their storage buffers need (each dispatch is a
+/// usage scope of its own), so batching changes no result. Each dispatch's parameter block lies
+/// at its own offset of the batch's uniform buffer; the blocks are written with one
+/// `write_buffer` just before the submit, which the queue applies before the batch runs.
+struct Recorder {
+    // Declared before `encoder`: a pass must be dropped before its encoder.
+    pass: Option<wgpu::ComputePass<'static>>,
+    encoder: wgpu::CommandEncoder,
+    uniform: wgpu::Buffer,
+    params: Vec<u8>,
+    dispatches: usize,
+}
+
 /// The wgpu backend. See the module documentation.
 pub struct WgpuBackend {
     device: wgpu::Device,
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
-    pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
+    /// The dispatches recorded but not yet submitted ([`Recorder`]).
+    recorder: Mutex<Option<Recorder>>,
+    /// Dispatches after which the open batch is submitted; grows from [`FIRST_BATCH`] to
+    /// [`MAX_BATCH`] while no result is read, and falls back after each read.
+    batch_limit: Mutex<usize>,
+    /// Bytes between two parameter blocks in a batch's uniform buffer.
+    uniform_stride: u64,
+    pool: Arc<Mutex<BufferPool>>,
     /// `Default` swaps in the split-K GEMV of `matmul_default.wgsl` for few-row matmuls; every
     /// other kernel is the invariant one (no faster wgpu kernel exists for them yet).
     mode: KernelMode,
@@ -179,8 +301,13 @@ impl WgpuBackend {
             device,
             queue,
             info,
-            limits,
+            limits: limits.clone(),
             pipelines: Mutex::new(HashMap::new()),
+            recorder: Mutex::new(None),
+            batch_limit: Mutex::new(FIRST_BATCH),
+            uniform_stride: u64::from(limits.min_uniform_buffer_offset_alignment)
+                .max(UNIFORM_BLOCK_BYTES),
+            pool: Arc::new(Mutex::new(BufferPool::default())),
             mode,
         })
     }
@@ -207,6 +334,7 @@ impl WgpuBackend {
         self.run_words(
             "numerics_probe",
             "main",
+            None,
             &[op as u32, u32_of(a.len(), "probe")?, 0, 0],
             &[(1, &ta.buffer), (2, &tb.buffer), (3, &out)],
             self.groups(a.len().div_ceil(ELEMENTWISE_THREADS))?,
@@ -216,17 +344,15 @@ impl WgpuBackend {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    /// The compiled pipeline of entry point `entry` of kernel `kernel`, compiled on first use.
-    fn pipeline(
-        &self,
-        kernel: &'static str,
-        entry: &'static str,
-    ) -> Result<Arc<wgpu::ComputePipeline>> {
+    /// The compiled pipeline of entry point `entry` of kernel `kernel`, with pipeline constant
+    /// `constant` set if given, compiled on first use.
+    fn kernel(&self, key: KernelKey) -> Result<Arc<Kernel>> {
+        let (kernel, entry, constant) = key;
         let mut cache = self
             .pipelines
             .lock()
             .map_err(|_| Error::Device("pipeline cache poisoned by a panic".into()))?;
-        if let Some(p) = cache.get(&(kernel, entry)) {
+        if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
         // Compilation errors are bugs in our sources (the naga test validates them), but a
@@ -238,6 +364,10 @@ impl WgpuBackend {
                 label: Some(kernel),
                 source: wgpu::ShaderSource::Wgsl(wgsl::source(kernel).into()),
             });
+        let constants: Vec<(&str, f64)> = constant
+            .iter()
+            .map(|&(name, v)| (name, f64::from(v)))
+            .collect();
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -245,7 +375,12 @@ impl WgpuBackend {
                 layout: None,
                 module: &module,
                 entry_point: Some(entry),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    // Every kernel writes each workgroup variable before reading it, so the
+                    // zero-fill WebGPU would otherwise add to each workgroup is not needed.
+                    zero_initialize_workgroup_memory: false,
+                },
                 cache: None,
             });
         if let Some(e) = pollster::block_on(scope.pop()) {
@@ -254,9 +389,10 @@ impl WgpuBackend {
                 self.info.name
             )));
         }
-        let pipeline = Arc::new(pipeline);
-        cache.insert((kernel, entry), pipeline.clone());
-        Ok(pipeline)
+        let layout = pipeline.get_bind_group_layout(0);
+        let compiled = Arc::new(Kernel { pipeline, layout });
+        cache.insert(key, compiled.clone());
+        Ok(compiled)
     }
 
     /// A zero-filled storage buffer of `bytes` (at least 4), checked against the device limits.
@@ -317,14 +453,34 @@ impl WgpuBackend {
 
     fn tensor(&self, buffer: wgpu::Buffer, len: usize, dtype: DType) -> WgpuTensor {
         WgpuTensor {
-            buffer: Arc::new(buffer),
+            buffer: Arc::new(DeviceBuffer {
+                buffer,
+                pool: Arc::downgrade(&self.pool),
+            }),
             len,
             dtype,
         }
     }
 
+    /// A storage buffer of `bytes` (at least 4) with unspecified contents, from the pool if it
+    /// has one of that size: only for outputs that their kernel writes in full.
+    fn output_buffer(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
+        let size = self.checked_size(bytes, what)?;
+        let pooled = self
+            .pool
+            .lock()
+            .map_err(|_| Error::Device("buffer pool poisoned by a panic".into()))?
+            .take(size);
+        match pooled {
+            Some(b) => Ok(b),
+            None => self.buffer(size, what),
+        }
+    }
+
+    /// An f32 tensor of `len` elements that a kernel will write in full (see
+    /// [`Self::output_buffer`]).
     fn f32_tensor(&self, len: usize, what: &str) -> Result<WgpuTensor> {
-        Ok(self.tensor(self.buffer(len as u64 * 4, what)?, len, DType::F32))
+        Ok(self.tensor(self.output_buffer(len as u64 * 4, what)?, len, DType::F32))
     }
 
     /// A workgroup grid of `count` workgroups: one row of up to the per-dimension limit, then
@@ -359,14 +515,17 @@ impl WgpuBackend {
         let mut words = Vec::with_capacity(params.len() + 1);
         words.push(0u32);
         words.extend_from_slice(params);
-        self.run_words(kernel, entry, &words, buffers, groups, wait)
+        self.run_words(kernel, entry, None, &words, buffers, groups, wait)
     }
 
-    /// [`Self::run`] with the whole parameter block given, `opaque_zero` included.
+    /// [`Self::run`] with the whole parameter block given, `opaque_zero` included, and a pipeline
+    /// constant if the kernel has one.
+    #[allow(clippy::too_many_arguments)]
     fn run_words(
         &self,
         kernel: &'static str,
         entry: &'static str,
+        constant: Option<(&'static str, u32)>,
         params: &[u32],
         buffers: &[(u32, &wgpu::Buffer)],
         groups: (u32, u32),
@@ -375,20 +534,29 @@ impl WgpuBackend {
         if groups.0 == 0 || groups.1 == 0 {
             return Ok(());
         }
-        let pipeline = self.pipeline(kernel, entry)?;
+        let kernel = self.kernel((kernel, entry, constant))?;
         // Padded to a 16-byte multiple, as uniform blocks require.
         let mut words = params.to_vec();
         words.resize(words.len().div_ceil(4).max(1) * 4, 0);
-        let uniform = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::cast_slice(&words),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+        let block = bytemuck::cast_slice::<u32, u8>(&words);
+        if block.len() as u64 > UNIFORM_BLOCK_BYTES {
+            return Err(Error::Device(format!(
+                "{entry}: a {}-byte parameter block exceeds {UNIFORM_BLOCK_BYTES}",
+                block.len()
+            )));
+        }
+        let mut guard = self.lock_recorder()?;
+        let recorder = guard.get_or_insert_with(|| self.new_recorder());
+        let offset = recorder.dispatches as u64 * self.uniform_stride;
+        recorder.params.resize(offset as usize, 0);
+        recorder.params.extend_from_slice(block);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
-            resource: uniform.as_entire_binding(),
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &recorder.uniform,
+                offset,
+                size: wgpu::BufferSize::new(block.len() as u64),
+            }),
         }];
         entries.extend(buffers.iter().map(|(binding, b)| wgpu::BindGroupEntry {
             binding: *binding,
@@ -396,23 +564,95 @@ impl WgpuBackend {
         }));
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
-            layout: &pipeline.get_bind_group_layout(0),
+            layout: &kernel.layout,
             entries: &entries,
         });
-        let mut encoder = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups.0, groups.1, 1);
+        let pass = recorder.pass.get_or_insert_with(|| {
+            recorder
+                .encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor::default())
+                .forget_lifetime()
+        });
+        pass.set_pipeline(&kernel.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        recorder.dispatches += 1;
+        let limit = *self.lock_batch_limit()?;
+        if recorder.dispatches >= limit {
+            let full = guard.take();
+            drop(guard);
+            self.submit(full, None)?;
+            let mut limit = self.lock_batch_limit()?;
+            *limit = (*limit * 2).min(MAX_BATCH);
         }
-        self.queue.submit([encoder.finish()]);
         if wait {
+            self.flush()?;
             self.wait()?;
         }
         Ok(())
+    }
+
+    fn lock_recorder(&self) -> Result<std::sync::MutexGuard<'_, Option<Recorder>>> {
+        self.recorder
+            .lock()
+            .map_err(|_| Error::Device("command recorder poisoned by a panic".into()))
+    }
+
+    fn lock_batch_limit(&self) -> Result<std::sync::MutexGuard<'_, usize>> {
+        self.batch_limit
+            .lock()
+            .map_err(|_| Error::Device("batch limit poisoned by a panic".into()))
+    }
+
+    fn new_recorder(&self) -> Recorder {
+        Recorder {
+            pass: None,
+            encoder: self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }),
+            uniform: self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("params"),
+                size: MAX_BATCH as u64 * self.uniform_stride,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            params: Vec::new(),
+            dispatches: 0,
+        }
+    }
+
+    /// Submits `recorder`'s dispatches (if any), then — in the same command buffer — a copy of
+    /// `copy.1` bytes of `copy.0` into `copy.2`, if asked.
+    fn submit(
+        &self,
+        recorder: Option<Recorder>,
+        copy: Option<(&wgpu::Buffer, u64, &wgpu::Buffer)>,
+    ) -> Result<()> {
+        let mut encoder = match recorder {
+            Some(mut r) => {
+                // Ends the pass, so that the encoder can be finished.
+                r.pass = None;
+                if !r.params.is_empty() {
+                    self.queue.write_buffer(&r.uniform, 0, &r.params);
+                }
+                r.encoder
+            }
+            None if copy.is_some() => self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }),
+            None => return Ok(()),
+        };
+        if let Some((src, size, dst)) = copy {
+            encoder.copy_buffer_to_buffer(src, 0, dst, 0, size);
+        }
+        self.queue.submit([encoder.finish()]);
+        Ok(())
+    }
+
+    /// Submits every recorded dispatch.
+    fn flush(&self) -> Result<()> {
+        let pending = self.lock_recorder()?.take();
+        self.submit(pending, None)
     }
 
     fn wait(&self) -> Result<()> {
@@ -422,7 +662,8 @@ impl WgpuBackend {
             .map_err(|e| Error::Device(format!("{}: {e}", self.info.name)))
     }
 
-    /// Copies the first `bytes` (rounded up to words) of `buffer` back to the host.
+    /// Copies the first `bytes` (rounded up to words) of `buffer` back to the host, after every
+    /// dispatch recorded so far.
     fn read(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         let size = bytes.max(4).div_ceil(4) * 4;
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -431,11 +672,10 @@ impl WgpuBackend {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut encoder = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
-        self.queue.submit([encoder.finish()]);
+        let pending = self.lock_recorder()?.take();
+        self.submit(pending, Some((buffer, size, &staging)))?;
+        // The host now waits for the device: start the next batch small again.
+        *self.lock_batch_limit()? = FIRST_BATCH;
         let (tx, rx) = mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             // The receiver waits below; if it is gone there is nobody left to tell.
@@ -609,26 +849,38 @@ impl Backend for WgpuBackend {
         expect_tensor(x, "matmul input", DType::F32, m * k)?;
         expect_tensor(w, "matmul weight", DType::Bf16, n * k)?;
         let result = self.f32_tensor(m * n, "matmul output")?;
-        let params = [
+        let (m32, n32, k32) = (
             u32_of(m, "matmul m")?,
             u32_of(n, "matmul n")?,
             u32_of(k, "matmul k")?,
-        ];
-        let buffers = [(1, &*x.buffer), (2, &*w.buffer), (3, &*result.buffer)];
+        );
         if m * n > 0 {
-            // The kernel is chosen from m alone; both compute the contract's order, so the
+            // The kernel is chosen from m and k alone; all compute the contract's order, so the
             // choice never changes bits (tests/batch_invariance.rs checks it).
+            let buffers: [(u32, &wgpu::Buffer); 3] =
+                [(1, &x.buffer), (2, &w.buffer), (3, &result.buffer)];
             if m <= GEMV_MAX_ROWS && self.mode == KernelMode::Default {
-                let groups = self.groups(n)?;
                 self.run(
                     "matmul_default",
                     "gemv_split",
-                    &params,
+                    &[m32, n32, k32],
                     &buffers,
-                    groups,
+                    self.groups(n)?,
+                    false,
+                )?;
+            } else if m <= GEMV_MAX_ROWS && k > 0 && k.is_multiple_of(8) {
+                let plan = GemvPlan::new(m, k);
+                self.run_words(
+                    "matmul",
+                    "gemv_vec",
+                    Some(("GEMV_M", m32)),
+                    &[0, m32, n32, k32, plan.cols, plan.seg_chunks, 0, 0],
+                    &[(1, &x.buffer), (4, &w.buffer), (3, &result.buffer)],
+                    self.groups(n.div_ceil(plan.cols as usize))?,
                     false,
                 )?;
             } else if m <= GEMV_MAX_ROWS {
+                let params = [m32, n32, k32, 0, 0, 0, 0];
                 self.run("matmul", "gemv", &params, &buffers, self.groups(n)?, false)?;
             } else {
                 let (gx, gy) = (n.div_ceil(GEMM_TILE), m.div_ceil(GEMM_TILE));
@@ -638,6 +890,7 @@ impl Backend for WgpuBackend {
                         "matmul {m}×{n}: {gx}×{gy} tiles exceed the {max}-workgroup grid"
                     )));
                 }
+                let params = [m32, n32, k32, 0, 0, 0, 0];
                 self.run(
                     "matmul",
                     "gemm",
@@ -653,7 +906,7 @@ impl Backend for WgpuBackend {
             DType::Bf16 => {
                 let len = m * n;
                 let packed = self.tensor(
-                    self.buffer(len as u64 * 2, "matmul bf16 output")?,
+                    self.output_buffer(len as u64 * 2, "matmul bf16 output")?,
                     len,
                     DType::Bf16,
                 );
@@ -818,7 +1071,12 @@ impl Backend for WgpuBackend {
                 g.head_dim
             )));
         }
-        let out = self.f32_tensor(q.len, "attention output")?;
+        // A new (zero-filled) buffer, not a pooled one: rows no sequence covers stay zero.
+        let out = self.tensor(
+            self.buffer(q.len as u64 * 4, "attention output")?,
+            q.len,
+            DType::F32,
+        );
         if rows == 0 || seqs.is_empty() {
             return Ok(out);
         }
@@ -866,7 +1124,7 @@ impl Backend for WgpuBackend {
         if rows == 0 {
             return Ok(Vec::new());
         }
-        let out = self.buffer(rows as u64 * 4, "argmax output")?;
+        let out = self.output_buffer(rows as u64 * 4, "argmax output")?;
         self.run(
             "argmax",
             "main",
