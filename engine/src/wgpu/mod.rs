@@ -579,9 +579,11 @@ impl WgpuBackend {
         recorder.dispatches += 1;
         let limit = *self.lock_batch_limit()?;
         if recorder.dispatches >= limit {
+            // Submitted under the recorder's lock, as every batch is: another thread's batch
+            // must not reach the queue before this one, which it may depend on (pooled buffers).
             let full = guard.take();
-            drop(guard);
             self.submit(full, None)?;
+            drop(guard);
             let mut limit = self.lock_batch_limit()?;
             *limit = (*limit * 2).min(MAX_BATCH);
         }
@@ -651,7 +653,8 @@ impl WgpuBackend {
 
     /// Submits every recorded dispatch.
     fn flush(&self) -> Result<()> {
-        let pending = self.lock_recorder()?.take();
+        let mut guard = self.lock_recorder()?;
+        let pending = guard.take();
         self.submit(pending, None)
     }
 
@@ -672,8 +675,11 @@ impl WgpuBackend {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let pending = self.lock_recorder()?.take();
-        self.submit(pending, Some((buffer, size, &staging)))?;
+        {
+            let mut guard = self.lock_recorder()?;
+            let pending = guard.take();
+            self.submit(pending, Some((buffer, size, &staging)))?;
+        }
         // The host now waits for the device: start the next batch small again.
         *self.lock_batch_limit()? = FIRST_BATCH;
         let (tx, rx) = mpsc::channel();
