@@ -201,6 +201,9 @@ impl BackendJob for Job {
                             hashes.insert(completion.logits_sha256);
                         }
                     }
+                    Event::Failed { error, .. } => {
+                        return Err(Error::Input(format!("a request failed: {error}")))
+                    }
                 }
             }
             step += 1;
