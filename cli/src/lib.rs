@@ -1,4 +1,4 @@
-//! The `ditto` command: `ditto generate` and `ditto devices`.
+//! The `ditto` command: `ditto generate`, `ditto verify`, `ditto bench` and `ditto devices`.
 //!
 //! Text goes to stdout as it is generated; the summary (load time, throughput, backend, contract
 //! version) goes to stderr, so stdout holds only the text (or, with `--json`, one JSON object).
@@ -8,6 +8,7 @@
 pub mod backend_select;
 mod bench;
 pub mod load;
+mod verify;
 
 use backend_select::{select, BackendChoice, BackendJob};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -62,6 +63,9 @@ enum Command {
     Generate(GenerateArgs),
     /// List the backends and adapters this machine offers.
     Devices,
+    /// Check the contract here: prompts on every backend, alone, batched and chunked, must give
+    /// the same bits.
+    Verify(verify::VerifyArgs),
     /// Benchmarks and checks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -134,6 +138,7 @@ pub fn run_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             Ok(())
         }
         Command::Generate(args) => generate(args),
+        Command::Verify(args) => verify::verify(args),
         Command::Bench(BenchCommand::Determinism(args)) => bench::determinism(args),
     };
     match result {
