@@ -160,7 +160,10 @@ pub(crate) fn compare(cells: &[Cell], prompts: usize) -> (Vec<Mismatch>, Vec<usi
 
 /// What happened to one backend.
 enum Status {
-    Ran { seconds: f64, batched: BatchedShape },
+    Ran {
+        seconds: f64,
+        batched: BatchedShape,
+    },
     /// Not run on purpose.
     Skipped(String),
     /// Could not open, or the model could not be uploaded.
@@ -203,9 +206,8 @@ pub(crate) fn verify(args: VerifyArgs) -> Result<()> {
                 path: path.display().to_string(),
                 source: e,
             })?;
-            let text = String::from_utf8(bytes).map_err(|_| {
-                Error::Input(format!("{}: not valid UTF-8", path.display()))
-            })?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| Error::Input(format!("{}: not valid UTF-8", path.display())))?;
             text.lines()
                 .map(|l| l.strip_suffix('\r').unwrap_or(l))
                 .filter(|l| !l.trim().is_empty())
@@ -214,7 +216,9 @@ pub(crate) fn verify(args: VerifyArgs) -> Result<()> {
         }
     };
     if prompts.is_empty() {
-        return Err(Error::Input("no prompts: the file has no non-blank line".into()));
+        return Err(Error::Input(
+            "no prompts: the file has no non-blank line".into(),
+        ));
     }
     load::check_model_path(&args.model)?;
     let mode = args.kernels.mode();
@@ -310,7 +314,10 @@ pub(crate) fn verify(args: VerifyArgs) -> Result<()> {
             Err(status) => status,
             Ok(backend) => {
                 report.description = backend.describe();
-                eprintln!("ditto: verifying on {} ({})", report.name, report.description);
+                eprintln!(
+                    "ditto: verifying on {} ({})",
+                    report.name, report.description
+                );
                 let start = Instant::now();
                 let job = Job {
                     loaded: &loaded,

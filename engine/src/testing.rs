@@ -212,7 +212,19 @@ pub const TINY_CHAT_TEMPLATE: &str = "{% for message in messages %}<s>{{ message
 /// A tiny random model of `arch`, with the byte-level tokenizer, a chat template, BOS added to
 /// raw prompts and `</s>` as end of sequence.
 pub fn tiny_model(arch: Architecture, seed: u64) -> Result<LoadedModel> {
-    let config = tiny_config(arch);
+    model_with_config(tiny_config(arch), seed)
+}
+
+/// As [`tiny_model`], with another shape (the vocabulary must hold the tiny tokenizer's 258
+/// ids): for tests that need longer dot products than the tiny model's.
+pub fn model_with_config(config: ModelConfig, seed: u64) -> Result<LoadedModel> {
+    if config.vocab_size < TINY_VOCAB - 2 {
+        return Err(Error::Input(format!(
+            "a vocabulary of {} cannot hold the tiny tokenizer",
+            config.vocab_size
+        )));
+    }
+    let arch = config.architecture;
     let tensors = random_tensors(&config, seed);
     Ok(LoadedModel {
         config,
