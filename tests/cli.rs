@@ -385,3 +385,126 @@ fn verify_fails_when_kernels_disagree() {
         assert_ne!(m["logits_sha256"], m["reference"]["logits_sha256"], "{m}");
     }
 }
+
+/// `ditto bench speed` on the test model with tiny sizes: one JSON row per test, with
+/// positive rates, the repetitions asked for, and B×N tokens for tgN@B.
+#[test]
+fn bench_speed_json() {
+    let Some(model) = test_model() else { return };
+    let mut args = os(&["bench", "speed", "--model"]);
+    args.push(model.into_os_string());
+    args.extend(os(&[
+        "--backend",
+        "cpu",
+        "--tests",
+        "pp16,tg4,tg2@3",
+        "--reps",
+        "1",
+        "--json",
+    ]));
+    let out = ditto(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let rows = v["rows"].as_array().unwrap();
+    let tests: Vec<&str> = rows.iter().map(|r| r["test"].as_str().unwrap()).collect();
+    assert_eq!(tests, ["pp16", "tg4", "tg2@3"]);
+    for (r, (tokens, batch)) in rows.iter().zip([(16, 1), (4, 1), (6, 3)]) {
+        assert_eq!(r["backend"], "cpu", "{r}");
+        assert_eq!(r["kernels"], "invariant", "{r}");
+        assert_eq!(r["tokens"], tokens, "{r}");
+        assert_eq!(r["batch"], batch, "{r}");
+        assert_eq!(r["reps"], 1, "{r}");
+        assert_eq!(r["seconds"].as_array().unwrap().len(), 1, "{r}");
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["tokens_per_s_stddev"].as_f64(), Some(0.0), "{r}");
+    }
+    assert!(v["params"].as_u64().unwrap() > 100_000_000);
+    assert_eq!(v["ratios"].as_array().unwrap().len(), 0);
+
+    let mut bad = os(&["bench", "speed", "--model", "m", "--tests", "tg4@0"]);
+    assert_clean_failure(&ditto(&bad), "tg4@0");
+    bad = os(&["bench", "speed", "--model", "m", "--reps", "0"]);
+    assert_clean_failure(&ditto(&bad), "--reps");
+}
+
+/// `--kernels both`: the cpu backend has no default kernels, a clean error before anything
+/// runs; on wgpu (the tiny model) both runs are reported with their times and the ratio, and
+/// the invariant one is deterministic.
+#[test]
+fn bench_kernels_both() {
+    let dir = TinyModelDir::new("both");
+    for extra in [&["determinism", "--prompt", "hi"][..], &["speed"]] {
+        let mut args = os(&["bench"]);
+        args.extend(os(extra));
+        args.extend(os(&["--kernels", "both", "--backend", "cpu", "--model"]));
+        args.push(dir.path());
+        assert_clean_failure(&ditto(&args), "only the invariant kernels");
+    }
+    let opened = ditto(&os(&["devices"]));
+    if !String::from_utf8_lossy(&opened.stdout).contains("wgpu 0") {
+        assert!(!wgpu_required(), "no wgpu adapter");
+        eprintln!("skipped the wgpu part: no wgpu adapter");
+        return;
+    }
+    let mut args = os(&["bench", "determinism", "--model"]);
+    args.push(dir.path());
+    args.extend(os(&[
+        "--prompt",
+        "hello",
+        "--samples",
+        "3",
+        "--max-batch",
+        "2",
+        "--max-tokens",
+        "3",
+        "--backend",
+        "wgpu",
+        "--kernels",
+        "both",
+        "--json",
+    ]));
+    let out = ditto(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["kernels"], "invariant");
+    assert_eq!(runs[1]["kernels"], "default");
+    assert_eq!(runs[0]["distinct_completions"], 1, "{v}");
+    assert_eq!(runs[0]["distinct_logits_sha256"], 1, "{v}");
+    for r in runs {
+        assert!(r["seconds"].as_f64().unwrap() > 0.0);
+        assert!(r["batch_size_max"].as_u64().unwrap() >= 1);
+    }
+    assert!(v["seconds_ratio_invariant_over_default"].as_f64().unwrap() > 0.0);
+
+    let mut args = os(&["bench", "speed", "--model"]);
+    args.push(dir.path());
+    args.extend(os(&[
+        "--backend",
+        "wgpu",
+        "--kernels",
+        "both",
+        "--tests",
+        "pp8,tg2",
+        "--reps",
+        "1",
+        "--json",
+    ]));
+    let out = ditto(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["rows"].as_array().unwrap().len(), 4);
+    let ratios = v["ratios"].as_array().unwrap();
+    assert_eq!(ratios.len(), 2);
+    assert!(ratios[0]["invariant_over_default_time"].as_f64().unwrap() > 0.0);
+}

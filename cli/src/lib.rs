@@ -42,6 +42,25 @@ enum Kernels {
     Default,
 }
 
+/// `--kernels` of the benchmarks: one mode, or both one after the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KernelsChoice {
+    Invariant,
+    Default,
+    /// Invariant, then default, with the ratio of their times.
+    Both,
+}
+
+impl KernelsChoice {
+    fn list(self) -> Vec<Kernels> {
+        match self {
+            KernelsChoice::Invariant => vec![Kernels::Invariant],
+            KernelsChoice::Default => vec![Kernels::Default],
+            KernelsChoice::Both => vec![Kernels::Invariant, Kernels::Default],
+        }
+    }
+}
+
 impl Kernels {
     fn mode(self) -> KernelMode {
         match self {
@@ -75,6 +94,8 @@ enum Command {
 enum BenchCommand {
     /// Many copies of one prompt arriving among other requests must agree bit for bit.
     Determinism(bench::DeterminismArgs),
+    /// Throughput, llama-bench style: prefill (ppN), decode (tgN) and batched decode (tgN@B).
+    Speed(bench::SpeedArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -140,6 +161,7 @@ pub fn run_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Generate(args) => generate(args),
         Command::Verify(args) => verify::verify(args),
         Command::Bench(BenchCommand::Determinism(args)) => bench::determinism(args),
+        Command::Bench(BenchCommand::Speed(args)) => bench::speed(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
