@@ -4,7 +4,8 @@
 //! and passes its path in `CARGO_BIN_EXE_ditto`.
 
 use ditto_engine::loader::Architecture;
-use ditto_engine::testing::{tiny_model, write_hf_dir};
+use ditto_engine::loader::LoadedModel;
+use ditto_engine::testing::{model_with_config, tiny_config, tiny_model, write_hf_dir};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -26,10 +27,13 @@ struct TinyModelDir(PathBuf);
 
 impl TinyModelDir {
     fn new(name: &str) -> Self {
+        Self::with_model(name, tiny_model(Architecture::Llama, 5).unwrap())
+    }
+    fn with_model(name: &str, model: LoadedModel) -> Self {
         let dir =
             std::env::temp_dir().join(format!("ditto-cli-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        write_hf_dir(&tiny_model(Architecture::Llama, 5).unwrap(), &dir).unwrap();
+        write_hf_dir(&model, &dir).unwrap();
         TinyModelDir(dir)
     }
     fn path(&self) -> OsString {
@@ -219,4 +223,288 @@ fn bench_determinism_json() {
         "cpu",
     ]));
     assert_clean_failure(&ditto(&args), "--samples");
+}
+
+/// The test model (SmolLM2), or `None` (skipped) unless `DITTO_REQUIRE_MODEL=1`.
+fn test_model() -> Option<PathBuf> {
+    let path = match std::env::var_os("DITTO_TEST_MODEL") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        }
+    };
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("DITTO_REQUIRE_MODEL").as_deref() == Ok("1") {
+        panic!("DITTO_REQUIRE_MODEL=1 but {} is missing", path.display());
+    }
+    eprintln!("skipped: no test model at {}", path.display());
+    None
+}
+
+fn wgpu_required() -> bool {
+    std::env::var("DITTO_REQUIRE_WGPU").as_deref() == Ok("1")
+}
+
+/// Runs `ditto verify --json` with `extra` arguments; returns the exit success and the JSON.
+fn verify_json(model: OsString, extra: &[&str]) -> (bool, serde_json::Value) {
+    let mut args = os(&["verify", "--json", "--model"]);
+    args.push(model);
+    args.extend(os(extra));
+    let out = ditto(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(101), "panicked: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e}); stderr: {stderr}"));
+    (out.status.success(), v)
+}
+
+/// The backends of a verify report that ran.
+fn ran(v: &serde_json::Value) -> Vec<String> {
+    v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["status"] == "ok")
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `ditto verify` on the test model, on the cpu backend and every wgpu adapter (lavapipe on CI:
+/// one short prompt and two tokens, as lavapipe takes seconds per forward call): every
+/// composition on every backend gives one fingerprint.
+#[test]
+fn verify_test_model_on_every_backend() {
+    let Some(model) = test_model() else { return };
+    let prompts = TempFile::new("verify-smollm2", "2 + 2 =\n");
+    let (ok, v) = verify_json(
+        model.into_os_string(),
+        &[
+            "--prompts",
+            prompts.path(),
+            "--max-tokens",
+            "2",
+            "--chunk",
+            "3",
+            "--all-adapters",
+        ],
+    );
+    assert!(ok, "{v}");
+    assert_eq!(v["verdict"], "pass", "{v}");
+    assert_eq!(v["kernels"], "invariant");
+    assert_eq!(v["mismatches"].as_array().unwrap().len(), 0);
+    assert_eq!(v["prompts"][0]["distinct_fingerprints"], 1, "{v}");
+    let ran = ran(&v);
+    assert!(ran.contains(&"cpu".to_string()), "{v}");
+    if wgpu_required() {
+        assert!(ran.iter().any(|b| b.starts_with("wgpu")), "{v}");
+    }
+    for b in v["backends"].as_array().unwrap() {
+        if b["status"] == "ok" {
+            assert_eq!(b["fingerprints"].as_array().unwrap().len(), 3, "{b}");
+            assert!(b["batched_max_sequences"].as_u64().unwrap() >= 2, "{b}");
+            assert!(b["batched_mixed_calls"].as_u64().unwrap() >= 1, "{b}");
+        } else {
+            assert!(b["reason"].is_string(), "{b}");
+        }
+    }
+}
+
+/// Writes `text` to a fresh temporary file, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, text: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("ditto-cli-test-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The negative control of `verify`: on the wgpu backend the `default` kernels (a split-K GEMV
+/// for calls of up to 8 rows, the invariant GEMM above) give other bits for a prompt prefilled
+/// in small chunks than for one prefilled whole, and `verify` must say so and fail. The
+/// invariant kernels, on the same model, prompt and adapters, pass; the cpu backend, which has
+/// no default kernels, is unavailable. The model is random, with dot products of 512 and 1024
+/// terms (the tiny model's 64-term sums of bf16 products are often exact in any order, so they
+/// would not show the difference).
+#[test]
+fn verify_fails_when_kernels_disagree() {
+    let config = ditto_engine::loader::ModelConfig {
+        hidden_size: 512,
+        intermediate_size: 1024,
+        num_heads: 8,
+        num_kv_heads: 2,
+        head_dim: 64,
+        ..tiny_config(Architecture::Llama)
+    };
+    let dir = TinyModelDir::with_model("verify", model_with_config(config, 7).unwrap());
+    let prompts = TempFile::new("verify-prompts", "2 + 2 = 4, and 3 + 3 =\n");
+    let common = ["--all-adapters", "--max-tokens", "2", "--chunk", "4"];
+    let (ok, v) = verify_json(
+        dir.path(),
+        &[&common[..], &["--prompts", prompts.path()]].concat(),
+    );
+    assert!(ok, "{v}");
+    assert_eq!(v["verdict"], "pass");
+    let invariant_ran = ran(&v);
+
+    let (ok, v) = verify_json(
+        dir.path(),
+        &[
+            &common[..],
+            &["--prompts", prompts.path(), "--kernels", "default"],
+        ]
+        .concat(),
+    );
+    assert!(!ok, "{v}");
+    assert_eq!(v["verdict"], "fail", "{v}");
+    let cpu = &v["backends"][0];
+    assert_eq!(cpu["name"], "cpu");
+    assert_eq!(cpu["status"], "unavailable", "{v}");
+    if ran(&v).is_empty() {
+        assert!(!wgpu_required(), "no wgpu backend ran: {v}");
+        assert!(!invariant_ran.iter().any(|b| b.starts_with("wgpu")));
+        eprintln!("skipped the wgpu part: no wgpu adapter");
+        return;
+    }
+    let mismatches = v["mismatches"].as_array().unwrap();
+    assert!(!mismatches.is_empty(), "{v}");
+    for m in mismatches {
+        assert_ne!(m["logits_sha256"], m["reference"]["logits_sha256"], "{m}");
+    }
+}
+
+/// `ditto bench speed` on the test model with tiny sizes: one JSON row per test, with
+/// positive rates, the repetitions asked for, and B×N tokens for tgN@B.
+#[test]
+fn bench_speed_json() {
+    let Some(model) = test_model() else { return };
+    let mut args = os(&["bench", "speed", "--model"]);
+    args.push(model.into_os_string());
+    args.extend(os(&[
+        "--backend",
+        "cpu",
+        "--tests",
+        "pp16,tg4,tg2@3",
+        "--reps",
+        "1",
+        "--json",
+    ]));
+    let out = ditto(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let rows = v["rows"].as_array().unwrap();
+    let tests: Vec<&str> = rows.iter().map(|r| r["test"].as_str().unwrap()).collect();
+    assert_eq!(tests, ["pp16", "tg4", "tg2@3"]);
+    for (r, (tokens, batch)) in rows.iter().zip([(16, 1), (4, 1), (6, 3)]) {
+        assert_eq!(r["backend"], "cpu", "{r}");
+        assert_eq!(r["kernels"], "invariant", "{r}");
+        assert_eq!(r["tokens"], tokens, "{r}");
+        assert_eq!(r["batch"], batch, "{r}");
+        assert_eq!(r["reps"], 1, "{r}");
+        assert_eq!(r["seconds"].as_array().unwrap().len(), 1, "{r}");
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["tokens_per_s_stddev"].as_f64(), Some(0.0), "{r}");
+    }
+    assert!(v["params"].as_u64().unwrap() > 100_000_000);
+    assert_eq!(v["ratios"].as_array().unwrap().len(), 0);
+
+    let mut bad = os(&["bench", "speed", "--model", "m", "--tests", "tg4@0"]);
+    assert_clean_failure(&ditto(&bad), "tg4@0");
+    bad = os(&["bench", "speed", "--model", "m", "--reps", "0"]);
+    assert_clean_failure(&ditto(&bad), "--reps");
+}
+
+/// `--kernels both`: the cpu backend has no default kernels, a clean error before anything
+/// runs; on wgpu (the tiny model) both runs are reported with their times and the ratio, and
+/// the invariant one is deterministic.
+#[test]
+fn bench_kernels_both() {
+    let dir = TinyModelDir::new("both");
+    for extra in [&["determinism", "--prompt", "hi"][..], &["speed"]] {
+        let mut args = os(&["bench"]);
+        args.extend(os(extra));
+        args.extend(os(&["--kernels", "both", "--backend", "cpu", "--model"]));
+        args.push(dir.path());
+        assert_clean_failure(&ditto(&args), "only the invariant kernels");
+    }
+    let opened = ditto(&os(&["devices"]));
+    if !String::from_utf8_lossy(&opened.stdout).contains("wgpu 0") {
+        assert!(!wgpu_required(), "no wgpu adapter");
+        eprintln!("skipped the wgpu part: no wgpu adapter");
+        return;
+    }
+    let mut args = os(&["bench", "determinism", "--model"]);
+    args.push(dir.path());
+    args.extend(os(&[
+        "--prompt",
+        "hello",
+        "--samples",
+        "3",
+        "--max-batch",
+        "2",
+        "--max-tokens",
+        "3",
+        "--backend",
+        "wgpu",
+        "--kernels",
+        "both",
+        "--json",
+    ]));
+    let out = ditto(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["kernels"], "invariant");
+    assert_eq!(runs[1]["kernels"], "default");
+    assert_eq!(runs[0]["distinct_completions"], 1, "{v}");
+    assert_eq!(runs[0]["distinct_logits_sha256"], 1, "{v}");
+    for r in runs {
+        assert!(r["seconds"].as_f64().unwrap() > 0.0);
+        assert!(r["batch_size_max"].as_u64().unwrap() >= 1);
+    }
+    assert!(v["seconds_ratio_invariant_over_default"].as_f64().unwrap() > 0.0);
+
+    let mut args = os(&["bench", "speed", "--model"]);
+    args.push(dir.path());
+    args.extend(os(&[
+        "--backend",
+        "wgpu",
+        "--kernels",
+        "both",
+        "--tests",
+        "pp8,tg2",
+        "--reps",
+        "1",
+        "--json",
+    ]));
+    let out = ditto(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["rows"].as_array().unwrap().len(), 4);
+    let ratios = v["ratios"].as_array().unwrap();
+    assert_eq!(ratios.len(), 2);
+    assert!(ratios[0]["invariant_over_default_time"].as_f64().unwrap() > 0.0);
 }

@@ -125,11 +125,13 @@ fn run_mixed(gen: &Generator<CpuBackend>, sampling: SamplingParams, seed: u64) -
             next_arrival += 1;
         }
         for event in sched.step().expect("step") {
-            if let Event::Finished { id, completion } = event {
-                match kinds[&id] {
+            match event {
+                Event::Finished { id, completion } => match kinds[&id] {
                     None => out.targets.push(completion),
                     Some(f) => out.fillers.push((f, completion)),
-                }
+                },
+                Event::Failed { error, .. } => panic!("a request failed: {error}"),
+                Event::Token { .. } => {}
             }
         }
         if let Some(b) = sched.last_batch() {

@@ -60,7 +60,7 @@ impl Selected {
     }
 }
 
-fn open_cpu(mode: KernelMode) -> Result<Selected> {
+pub(crate) fn open_cpu(mode: KernelMode) -> Result<Selected> {
     if mode != KernelMode::Invariant {
         return Err(Error::Unsupported(
             "the cpu backend has only the invariant kernels (it is the contract's reference)"

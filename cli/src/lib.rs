@@ -1,4 +1,4 @@
-//! The `ditto` command: `ditto generate` and `ditto devices`.
+//! The `ditto` command: `ditto generate`, `ditto verify`, `ditto bench` and `ditto devices`.
 //!
 //! Text goes to stdout as it is generated; the summary (load time, throughput, backend, contract
 //! version) goes to stderr, so stdout holds only the text (or, with `--json`, one JSON object).
@@ -8,6 +8,7 @@
 pub mod backend_select;
 mod bench;
 pub mod load;
+mod verify;
 
 use backend_select::{select, BackendChoice, BackendJob};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -41,6 +42,25 @@ enum Kernels {
     Default,
 }
 
+/// `--kernels` of the benchmarks: one mode, or both one after the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KernelsChoice {
+    Invariant,
+    Default,
+    /// Invariant, then default, with the ratio of their times.
+    Both,
+}
+
+impl KernelsChoice {
+    fn list(self) -> Vec<Kernels> {
+        match self {
+            KernelsChoice::Invariant => vec![Kernels::Invariant],
+            KernelsChoice::Default => vec![Kernels::Default],
+            KernelsChoice::Both => vec![Kernels::Invariant, Kernels::Default],
+        }
+    }
+}
+
 impl Kernels {
     fn mode(self) -> KernelMode {
         match self {
@@ -62,6 +82,9 @@ enum Command {
     Generate(GenerateArgs),
     /// List the backends and adapters this machine offers.
     Devices,
+    /// Check the contract here: prompts on every backend, alone, batched and chunked, must give
+    /// the same bits.
+    Verify(verify::VerifyArgs),
     /// Benchmarks and checks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -71,6 +94,8 @@ enum Command {
 enum BenchCommand {
     /// Many copies of one prompt arriving among other requests must agree bit for bit.
     Determinism(bench::DeterminismArgs),
+    /// Throughput, llama-bench style: prefill (ppN), decode (tgN) and batched decode (tgN@B).
+    Speed(bench::SpeedArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -134,7 +159,9 @@ pub fn run_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             Ok(())
         }
         Command::Generate(args) => generate(args),
+        Command::Verify(args) => verify::verify(args),
         Command::Bench(BenchCommand::Determinism(args)) => bench::determinism(args),
+        Command::Bench(BenchCommand::Speed(args)) => bench::speed(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

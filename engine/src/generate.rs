@@ -233,6 +233,23 @@ fn python_string_methods(
     })
 }
 
+/// The tokens of a plain (non-chat) prompt, as [`Generator::prompt_tokens`] makes them: BOS when
+/// the model adds one, then the encoded text. Needs only the tokenizer, not a model on a backend.
+pub fn plain_prompt_tokens(
+    tokenizer: &Tokenizer,
+    defaults: &GenerationDefaults,
+    text: &str,
+) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    if defaults.add_bos {
+        if let Some(bos) = defaults.bos_token_id {
+            ids.push(bos);
+        }
+    }
+    ids.extend(tokenizer.encode(text)?);
+    Ok(ids)
+}
+
 /// A model on a backend with everything generation needs: tokenizer, chat template, defaults.
 pub struct Generator<B: Backend> {
     model: Model<B>,
@@ -296,12 +313,7 @@ impl<B: Backend> Generator<B> {
             )?;
             ids.extend(self.tokenizer.encode(&text)?);
         } else {
-            if self.defaults.add_bos {
-                if let Some(bos) = self.defaults.bos_token_id {
-                    ids.push(bos);
-                }
-            }
-            ids.extend(self.tokenizer.encode(&req.prompt)?);
+            ids = plain_prompt_tokens(&self.tokenizer, &self.defaults, &req.prompt)?;
         }
         if ids.is_empty() {
             return Err(Error::Input("the prompt has no tokens".into()));

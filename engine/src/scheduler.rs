@@ -21,6 +21,16 @@
 //!   within `max_batch_tokens`.
 //! - A request ends when it samples one of its stop tokens (kept in its output, as
 //!   `Generator` does) or reaches `max_tokens`; its pages go back to the cache at once.
+//!
+//! ## Failures
+//! If a step's forward call fails (a device error, a kernel that cannot run a shape), every
+//! request in that call ends with [`Event::Failed`] carrying the error, and its pages go back to
+//! the cache: no request is left half-advanced, and none retries a call that may fail again.
+//! Requests that were running but not in that call, and waiting ones, are untouched, and the
+//! scheduler stays usable: later steps and later requests run as if the failed ones had never
+//! been submitted (the contract makes every request's numbers independent of the others). A
+//! request whose sampling fails ends the same way, alone. [`Scheduler::step`] itself returns an
+//! error only for a broken invariant of the scheduler, never for a failed forward call.
 
 use crate::backend::Backend;
 use crate::generate::StopReason;
@@ -92,6 +102,9 @@ pub enum Event {
         id: RequestId,
         completion: Completion,
     },
+    /// A request ended with an error: the forward call it was in, or its sampling, failed. Its
+    /// pages are freed; the tokens it generated before came as `Token` events.
+    Failed { id: RequestId, error: String },
 }
 
 /// The shape of the last forward call.
@@ -103,6 +116,12 @@ pub struct BatchStats {
     pub tokens: usize,
     /// Sequences that were still prefilling (the rest decoded).
     pub prefilling: usize,
+}
+
+/// How a request ended.
+enum Outcome {
+    Stopped(StopReason),
+    Failed(String),
 }
 
 struct Running {
@@ -221,12 +240,13 @@ impl<'m, B: Backend> Scheduler<'m, B> {
     }
 
     /// Admits what fits, runs one forward call, samples, and retires finished requests. Returns
-    /// no events (and runs nothing) when idle.
+    /// no events (and runs nothing) when idle. A failed forward call is not an error of `step`:
+    /// its requests end with [`Event::Failed`] (see the module's "Failures").
     pub fn step(&mut self) -> Result<Vec<Event>> {
         self.last_batch = None;
-        self.admit()?;
+        let events = self.admit()?;
         if self.running.is_empty() {
-            return Ok(Vec::new());
+            return Ok(events);
         }
 
         // (index into `running`, token range): decodes first, then prefill chunks.
@@ -272,9 +292,6 @@ impl<'m, B: Backend> Scheduler<'m, B> {
                 tokens,
             })
             .collect();
-        let logits = self
-            .model
-            .forward(&mut self.cache, &batch, LogitsRows::Last)?;
         self.last_batch = Some(BatchStats {
             sequences: plan.len(),
             tokens: inputs.iter().map(Vec::len).sum(),
@@ -283,9 +300,24 @@ impl<'m, B: Backend> Scheduler<'m, B> {
                 .filter(|&&(i, _)| self.running[i].fed < self.running[i].req.prompt_tokens.len())
                 .count(),
         });
+        let logits = match self
+            .model
+            .forward(&mut self.cache, &batch, LogitsRows::Last)
+        {
+            Ok(logits) => logits,
+            Err(e) => {
+                // Every request of the call ends; the others keep running (see "Failures").
+                let error = e.to_string();
+                let ended = plan
+                    .iter()
+                    .map(|&(i, _)| (i, Outcome::Failed(error.clone())))
+                    .collect();
+                return self.retire(ended, events);
+            }
+        };
 
-        let mut events = Vec::new();
-        let mut finished = Vec::new();
+        let mut events = events;
+        let mut ended = Vec::new();
         let mut bytes = Vec::new();
         for (row, &(i, n)) in plan.iter().enumerate() {
             let r = &mut self.running[i];
@@ -298,53 +330,75 @@ impl<'m, B: Backend> Scheduler<'m, B> {
                 }
             }
             let l = logits.row(row);
+            let position = (prompt_len + r.tokens.len()) as u64;
+            let token = match sample(l, &r.req.sampling, r.req.seed, r.req.request_id, position) {
+                Ok(token) => token,
+                Err(e) => {
+                    ended.push((i, Outcome::Failed(e.to_string())));
+                    continue;
+                }
+            };
             bytes.clear();
             bytes.extend(l.iter().flat_map(|v| v.to_bits().to_le_bytes()));
             r.hasher.update(&bytes);
-            let position = (prompt_len + r.tokens.len()) as u64;
-            let token = sample(l, &r.req.sampling, r.req.seed, r.req.request_id, position)?;
             r.tokens.push(token);
             events.push(Event::Token { id: r.id, token });
-            let stop = if r.req.stop_tokens.contains(&token) {
-                Some(StopReason::Eos)
+            if r.req.stop_tokens.contains(&token) {
+                ended.push((i, Outcome::Stopped(StopReason::Eos)));
             } else if r.tokens.len() == r.req.max_tokens {
-                Some(StopReason::MaxTokens)
-            } else {
-                None
-            };
-            if let Some(stop) = stop {
-                finished.push((i, stop));
+                ended.push((i, Outcome::Stopped(StopReason::MaxTokens)));
             }
         }
+        self.retire(ended, events)
+    }
+
+    /// Removes the `ended` requests (indices into `running`), frees their pages, and appends
+    /// their `Finished` or `Failed` events, in admission order, to `events`.
+    fn retire(
+        &mut self,
+        mut ended: Vec<(usize, Outcome)>,
+        mut events: Vec<Event>,
+    ) -> Result<Vec<Event>> {
         // Remove from the back so the earlier indices stay valid; keep admission order.
-        finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
-        let mut done = Vec::new();
-        for (i, stop) in finished {
+        ended.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
+        let mut done = Vec::with_capacity(ended.len());
+        let mut broken = None;
+        for (i, outcome) in ended {
             let r = self.running.remove(i);
-            self.cache.free_sequence(r.seq)?;
-            let logits_sha256 = r
-                .hasher
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            done.push(Event::Finished {
-                id: r.id,
-                completion: Completion {
-                    tokens: r.tokens,
-                    prompt_tokens: r.req.prompt_tokens.len(),
-                    logits_sha256,
-                    stop,
+            // Free every page before reporting a broken invariant, so nothing leaks even then.
+            if let Err(e) = self.cache.free_sequence(r.seq) {
+                broken.get_or_insert(e);
+            }
+            done.push(match outcome {
+                Outcome::Stopped(stop) => Event::Finished {
+                    id: r.id,
+                    completion: Completion {
+                        tokens: r.tokens,
+                        prompt_tokens: r.req.prompt_tokens.len(),
+                        logits_sha256: r
+                            .hasher
+                            .finalize()
+                            .iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect(),
+                        stop,
+                    },
                 },
+                Outcome::Failed(error) => Event::Failed { id: r.id, error },
             });
+        }
+        if let Some(e) = broken {
+            return Err(e);
         }
         done.reverse();
         events.extend(done);
         Ok(events)
     }
 
-    /// Admits waiting requests, oldest first, while the batch and the cache have room.
-    fn admit(&mut self) -> Result<()> {
+    /// Admits waiting requests, oldest first, while the batch and the cache have room. Returns
+    /// the `Failed` events of requests that could not be admitted.
+    fn admit(&mut self) -> Result<Vec<Event>> {
+        let mut failed = Vec::new();
         while self.running.len() < self.config.max_batch {
             let Some((_, req)) = self.waiting.front() else {
                 break;
@@ -356,8 +410,14 @@ impl<'m, B: Backend> Scheduler<'m, B> {
             let (id, req) = self.waiting.pop_front().expect("checked above");
             let seq = self.cache.add_sequence();
             if let Err(e) = self.cache.reserve(seq, needed) {
+                // Not expected (`submit` checked the request against the cache): the request
+                // ends with the error rather than vanish.
                 self.cache.free_sequence(seq)?;
-                return Err(e);
+                failed.push(Event::Failed {
+                    id,
+                    error: e.to_string(),
+                });
+                continue;
             }
             self.running.push(Running {
                 id,
@@ -368,7 +428,7 @@ impl<'m, B: Backend> Scheduler<'m, B> {
                 hasher: Sha256::new(),
             });
         }
-        Ok(())
+        Ok(failed)
     }
 }
 
@@ -452,6 +512,7 @@ mod tests {
                     Event::Finished { id, completion } => {
                         done.insert(id, completion);
                     }
+                    Event::Failed { error, .. } => panic!("unexpected failure: {error}"),
                 }
             }
             max_batch = max_batch.max(s.last_batch().map_or(0, |b| b.sequences));
@@ -551,5 +612,79 @@ mod tests {
         }
         assert_eq!(finished.len(), 2);
         assert_eq!(finished[0], finished[1]);
+    }
+    /// A forward call that fails (here in its second layer, after the first wrote K/V) ends
+    /// exactly the requests in it, with their pages freed; a request that was running but not
+    /// in that call, and a request submitted afterwards, still equal their solo runs.
+    #[test]
+    fn failed_forward_ends_only_its_requests() {
+        use crate::testing::FailingBackend;
+        let g = Generator::new(
+            FailingBackend::new(CpuBackend::new()),
+            tiny_model(Architecture::Llama, 3).unwrap(),
+            None,
+        )
+        .unwrap();
+        let request = |prompt: &str, max_tokens: usize| {
+            let gr = GenerateRequest::new(prompt, max_tokens);
+            let r = Request {
+                prompt_tokens: g.prompt_tokens(&gr).unwrap(),
+                max_tokens,
+                sampling: SamplingParams::default(),
+                seed: 0,
+                request_id: 0,
+                stop_tokens: vec![],
+            };
+            (g.generate(&gr, &mut |_| {}).unwrap(), r)
+        };
+        let (solo_a, a) = request("hello there", 3);
+        let (solo_b, b) = request("abc", 4);
+        // Four tokens a step, so A's 12-token prompt leaves B out of the first two calls.
+        let config = SchedulerConfig {
+            max_batch: 2,
+            max_batch_tokens: 4,
+            prefill_chunk: 4,
+        };
+        let mut s = Scheduler::new(g.model(), config, 64).unwrap();
+        let total = s.free_pages();
+        let id_a = s.submit(a.clone()).unwrap();
+        let id_b = s.submit(b).unwrap();
+        assert!(s.step().unwrap().is_empty());
+        assert_eq!(s.running(), 2);
+        let pages_b = s.cache.block_table(s.running[1].seq).unwrap().len();
+
+        // Seven matmuls a layer: the ninth is layer 1's k projection.
+        g.model().backend().fail_matmul(8);
+        let events = s.step().unwrap();
+        assert_eq!(
+            events,
+            vec![Event::Failed {
+                id: id_a,
+                error: "device: injected matmul failure".into()
+            }]
+        );
+        assert_eq!(s.running(), 1);
+        assert_eq!(s.free_pages(), total - pages_b, "A's pages are back");
+
+        // B goes on, and a new request runs on the same scheduler.
+        let id_c = s.submit(a).unwrap();
+        let mut done = std::collections::HashMap::new();
+        while !s.is_idle() {
+            for e in s.step().unwrap() {
+                match e {
+                    Event::Finished { id, completion } => {
+                        done.insert(id, completion);
+                    }
+                    Event::Failed { error, .. } => panic!("unexpected failure: {error}"),
+                    Event::Token { .. } => {}
+                }
+            }
+        }
+        assert_eq!(done.len(), 2);
+        for (id, solo) in [(id_b, &solo_b), (id_c, &solo_a)] {
+            assert_eq!(done[&id].tokens, solo.tokens);
+            assert_eq!(done[&id].logits_sha256, solo.logits_sha256);
+        }
+        assert_eq!(s.free_pages(), total, "no page leaked");
     }
 }

@@ -5,6 +5,7 @@
 //! (256) and `</s>` (257). Every text encodes, one token per UTF-8 byte, so multi-byte
 //! characters span several tokens (what incremental detokenization must handle).
 
+use crate::backend::{AttnGeometry, AttnSeq, Backend, DType, MatmulShape, RopeTables};
 use crate::loader::{Architecture, GenerationDefaults, HostTensor, LoadedModel, ModelConfig};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -211,7 +212,19 @@ pub const TINY_CHAT_TEMPLATE: &str = "{% for message in messages %}<s>{{ message
 /// A tiny random model of `arch`, with the byte-level tokenizer, a chat template, BOS added to
 /// raw prompts and `</s>` as end of sequence.
 pub fn tiny_model(arch: Architecture, seed: u64) -> Result<LoadedModel> {
-    let config = tiny_config(arch);
+    model_with_config(tiny_config(arch), seed)
+}
+
+/// As [`tiny_model`], with another shape (the vocabulary must hold the tiny tokenizer's 258
+/// ids): for tests that need longer dot products than the tiny model's.
+pub fn model_with_config(config: ModelConfig, seed: u64) -> Result<LoadedModel> {
+    if config.vocab_size < TINY_VOCAB - 2 {
+        return Err(Error::Input(format!(
+            "a vocabulary of {} cannot hold the tiny tokenizer",
+            config.vocab_size
+        )));
+    }
+    let arch = config.architecture;
     let tensors = random_tensors(&config, seed);
     Ok(LoadedModel {
         config,
@@ -336,6 +349,135 @@ fn safetensors_bytes(tensors: &HashMap<String, HostTensor>) -> Vec<u8> {
         out.extend(tensors[name].data.iter().flat_map(|v| v.to_le_bytes()));
     }
     out
+}
+
+/// A backend that fails on demand: it runs `inner`, except that after [`FailingBackend::fail_matmul`]
+/// armed it, the chosen matmul call returns [`Error::Device`] (in the middle of a forward call,
+/// after some layers wrote their K/V). For tests of what callers do when a forward call fails.
+pub struct FailingBackend<B> {
+    pub inner: B,
+    /// Matmul calls left before the failing one; `usize::MAX` when disarmed.
+    countdown: std::sync::atomic::AtomicUsize,
+}
+
+impl<B: Backend> FailingBackend<B> {
+    pub fn new(inner: B) -> Self {
+        FailingBackend {
+            inner,
+            countdown: std::sync::atomic::AtomicUsize::new(usize::MAX),
+        }
+    }
+
+    /// Makes the matmul call after `skip` more calls fail (0: the next one), once.
+    pub fn fail_matmul(&self, skip: usize) {
+        self.countdown
+            .store(skip, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl<B: Backend> Backend for FailingBackend<B> {
+    type Tensor = B::Tensor;
+
+    fn describe(&self) -> String {
+        format!("failing({})", self.inner.describe())
+    }
+    fn upload_f32(&self, data: &[f32]) -> Result<Self::Tensor> {
+        self.inner.upload_f32(data)
+    }
+    fn upload_bf16(&self, bits: &[u16]) -> Result<Self::Tensor> {
+        self.inner.upload_bf16(bits)
+    }
+    fn zeros(&self, dtype: DType, len: usize) -> Result<Self::Tensor> {
+        self.inner.zeros(dtype, len)
+    }
+    fn download_f32(&self, t: &Self::Tensor) -> Result<Vec<f32>> {
+        self.inner.download_f32(t)
+    }
+    fn download_bf16(&self, t: &Self::Tensor) -> Result<Vec<u16>> {
+        self.inner.download_bf16(t)
+    }
+    fn embedding(&self, table: &Self::Tensor, ids: &[u32], dim: usize) -> Result<Self::Tensor> {
+        self.inner.embedding(table, ids, dim)
+    }
+    fn rms_norm(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<Self::Tensor> {
+        self.inner.rms_norm(x, weight, rows, dim, eps)
+    }
+    fn matmul(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        shape: MatmulShape,
+        out: DType,
+    ) -> Result<Self::Tensor> {
+        use std::sync::atomic::Ordering;
+        let left = self.countdown.load(Ordering::SeqCst);
+        if left != usize::MAX {
+            if left == 0 {
+                self.countdown.store(usize::MAX, Ordering::SeqCst);
+                return Err(Error::Device("injected matmul failure".into()));
+            }
+            self.countdown.store(left - 1, Ordering::SeqCst);
+        }
+        self.inner.matmul(x, w, shape, out)
+    }
+    fn rope(
+        &self,
+        x: &Self::Tensor,
+        positions: &[u32],
+        tables: &RopeTables<Self::Tensor>,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Self::Tensor> {
+        self.inner.rope(x, positions, tables, heads, head_dim)
+    }
+    fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor> {
+        self.inner.silu_mul(gate, up)
+    }
+    fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
+        self.inner.add(a, b)
+    }
+    fn add_bias(
+        &self,
+        x: &Self::Tensor,
+        bias: &Self::Tensor,
+        rows: usize,
+        n: usize,
+    ) -> Result<Self::Tensor> {
+        self.inner.add_bias(x, bias, rows, n)
+    }
+    fn write_kv(
+        &self,
+        k_cache: &mut Self::Tensor,
+        v_cache: &mut Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        slots: &[u32],
+        row_len: usize,
+    ) -> Result<()> {
+        self.inner.write_kv(k_cache, v_cache, k, v, slots, row_len)
+    }
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k_cache: &Self::Tensor,
+        v_cache: &Self::Tensor,
+        seqs: &[AttnSeq],
+        block_table: &[u32],
+        geometry: AttnGeometry,
+    ) -> Result<Self::Tensor> {
+        self.inner
+            .attention(q, k_cache, v_cache, seqs, block_table, geometry)
+    }
+    fn argmax(&self, logits: &Self::Tensor, rows: usize, vocab: usize) -> Result<Vec<u32>> {
+        self.inner.argmax(logits, rows, vocab)
+    }
 }
 
 #[cfg(test)]
