@@ -227,9 +227,12 @@ impl BackendJob for Job<'_> {
             Ok(ids)
         };
         // (arrival step, sample?, request): the samples plus one filler per four samples (at
-        // least two), of varied lengths, arriving over about twice as many steps as requests.
+        // least two), of varied lengths, arriving at random steps over a span in which about
+        // `max_batch` requests are alive at once (each lives about max_tokens + 1 steps): the
+        // batch fills, drains and queues, so sizes and chunk boundaries vary.
         let fillers = (a.samples / 4).max(2);
-        let spread = 2 * (a.samples + fillers) as u64;
+        let spread =
+            ((a.samples + fillers) * (a.max_tokens + 1) / a.max_batch.max(1)).max(1) as u64;
         let mut rng = a.seed ^ 0x6469_7474_6f00_0000;
         let mut arrivals = Vec::new();
         let sample_tokens = tokens_of(self.prompt, a.max_tokens)?;
