@@ -3,6 +3,8 @@
 //! The binary target is declared by this (root) package, so cargo builds it before these tests
 //! and passes its path in `CARGO_BIN_EXE_ditto`.
 
+mod common;
+
 use ditto_engine::loader::Architecture;
 use ditto_engine::loader::LoadedModel;
 use ditto_engine::testing::{model_with_config, tiny_config, tiny_model, write_hf_dir};
@@ -225,24 +227,6 @@ fn bench_determinism_json() {
     assert_clean_failure(&ditto(&args), "--samples");
 }
 
-/// The test model (SmolLM2), or `None` (skipped) unless `DITTO_REQUIRE_MODEL=1`.
-fn test_model() -> Option<PathBuf> {
-    let path = match std::env::var_os("DITTO_TEST_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    };
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("DITTO_REQUIRE_MODEL").as_deref() == Ok("1") {
-        panic!("DITTO_REQUIRE_MODEL=1 but {} is missing", path.display());
-    }
-    eprintln!("skipped: no test model at {}", path.display());
-    None
-}
-
 fn wgpu_required() -> bool {
     std::env::var("DITTO_REQUIRE_WGPU").as_deref() == Ok("1")
 }
@@ -276,7 +260,9 @@ fn ran(v: &serde_json::Value) -> Vec<String> {
 /// composition on every backend gives one fingerprint.
 #[test]
 fn verify_test_model_on_every_backend() {
-    let Some(model) = test_model() else { return };
+    let Some(model) = common::test_model(true) else {
+        return;
+    };
     let prompts = TempFile::new("verify-smollm2", "2 + 2 =\n");
     let (ok, v) = verify_json(
         model.into_os_string(),
@@ -390,7 +376,9 @@ fn verify_fails_when_kernels_disagree() {
 /// positive rates, the repetitions asked for, and B×N tokens for tgN@B.
 #[test]
 fn bench_speed_json() {
-    let Some(model) = test_model() else { return };
+    let Some(model) = common::test_model(true) else {
+        return;
+    };
     let mut args = os(&["bench", "speed", "--model"]);
     args.push(model.into_os_string());
     args.extend(os(&[

@@ -18,7 +18,6 @@ use ditto::engine::model::{LogitsRows, Model, SeqInput};
 use ditto::engine::wgpu::WgpuBackend;
 use ditto::engine::{Backend, KernelMode};
 use ditto::shaders::contract;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 const PROMPTS: &[&str] = &[
@@ -38,35 +37,12 @@ struct Run {
     logits_bits: Vec<Vec<u32>>,
 }
 
-fn model_path() -> Option<PathBuf> {
-    let path = match std::env::var_os("DITTO_TEST_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    };
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("DITTO_REQUIRE_MODEL").as_deref() == Ok("1") {
-        panic!(
-            "DITTO_REQUIRE_MODEL=1 but {} is missing (scripts/fetch-test-model.sh)",
-            path.display()
-        );
-    }
-    eprintln!(
-        "skipped: no test model at {} (run scripts/fetch-test-model.sh)",
-        path.display()
-    );
-    None
-}
-
 /// The loaded model and the prompts' token ids, read once for all tests.
 fn loaded() -> Option<&'static (LoadedModel, Vec<Vec<u32>>)> {
     static LOADED: OnceLock<Option<(LoadedModel, Vec<Vec<u32>>)>> = OnceLock::new();
     LOADED
         .get_or_init(|| {
-            let path = model_path()?;
+            let path = common::test_model(true)?;
             let model = loader::load(&path, false).expect("loading the test model");
             let prompts = PROMPTS
                 .iter()

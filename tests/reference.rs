@@ -11,6 +11,8 @@
 //!
 //! Runs on the cpu backend: the other backends give the cpu's bits (tests/model_equivalence.rs).
 
+mod common;
+
 use base64::Engine;
 use ditto::engine::cpu::CpuBackend;
 use ditto::engine::loader;
@@ -24,22 +26,6 @@ use std::path::PathBuf;
 const LOGIT_TOLERANCE: f64 = 1.0;
 /// Greedy tokens are compared where the reference's top-1 leads top-2 by at least this.
 const MARGIN_CHECKED: f64 = 0.5;
-
-fn model_path() -> Option<PathBuf> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("DITTO_REQUIRE_MODEL").as_deref() == Ok("1") {
-        panic!("DITTO_REQUIRE_MODEL=1 but {} is missing", path.display());
-    }
-    eprintln!(
-        "skipped: no test model at {} (run scripts/fetch-test-model.sh)",
-        path.display()
-    );
-    None
-}
 
 fn reference() -> Value {
     let path =
@@ -64,7 +50,9 @@ fn logsumexp(row: &[f32]) -> f64 {
 
 #[test]
 fn tokenization_matches_transformers() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = common::test_model(false) else {
+        return;
+    };
     let model = loader::load(&path, false).expect("load");
     let r = reference();
     let mut checked = 0;
@@ -92,7 +80,9 @@ fn tokenization_matches_transformers() {
 
 #[test]
 fn logits_agree_with_transformers_within_bf16_tolerance() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = common::test_model(false) else {
+        return;
+    };
     let loaded = loader::load(&path, false).expect("load");
     let model = Model::new(CpuBackend::new(), &loaded).expect("model");
     let r = reference();

@@ -8,13 +8,14 @@
 //! The model is `models/SmolLM2-135M-Instruct.Q4_1.gguf` (`scripts/fetch-test-model.sh`), or
 //! `DITTO_TEST_MODEL`. Without it the test skips, unless `DITTO_REQUIRE_MODEL=1`.
 
+mod common;
+
 use ditto::engine::cpu::CpuBackend;
 use ditto::engine::generate::{GenerateRequest, Generator};
 use ditto::engine::loader;
 use ditto::engine::sampling::SamplingParams;
 use ditto::engine::scheduler::{Completion, Event, Request, RequestId, Scheduler, SchedulerConfig};
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 
 const TARGET: &str = "The capital of France is";
 const FILLERS: &[(&str, usize)] = &[
@@ -27,23 +28,6 @@ const FILLERS: &[(&str, usize)] = &[
 ];
 const SAMPLES: usize = 32;
 const TARGET_TOKENS: usize = 4;
-
-fn model_path() -> Option<PathBuf> {
-    let path = match std::env::var_os("DITTO_TEST_MODEL") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    };
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("DITTO_REQUIRE_MODEL").as_deref() == Ok("1") {
-        panic!("DITTO_REQUIRE_MODEL=1 but {} is missing", path.display());
-    }
-    eprintln!("skipped: no test model at {}", path.display());
-    None
-}
 
 /// SplitMix64: the seeded arrival steps.
 fn next(state: &mut u64) -> u64 {
@@ -186,7 +170,9 @@ fn check(gen: &Generator<CpuBackend>, sampling: SamplingParams, seed: u64) {
 
 #[test]
 fn arrivals_at_random_steps_give_one_completion() {
-    let Some(path) = model_path() else { return };
+    let Some(path) = common::test_model(true) else {
+        return;
+    };
     let loaded = loader::load(&path, false).expect("loading the test model");
     let gen = Generator::new(CpuBackend::new(), loaded, Some(256)).expect("generator");
     check(&gen, SamplingParams::default(), 1);

@@ -12,6 +12,7 @@ use ditto::engine::cpu::CpuBackend;
 use ditto::engine::wgpu::WgpuBackend;
 use ditto::engine::{Backend, KernelMode};
 use ditto::shaders::contract;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 /// SplitMix64: a tiny, seeded, portable generator, so every run sees the same inputs.
@@ -194,4 +195,31 @@ pub fn reference_matmul(x: &[f32], w: &[u16], m: usize, n: usize, k: usize) -> V
 /// Uploads, runs and downloads in one line, panicking with context on an error value.
 pub fn ok<T>(what: &str, r: ditto::engine::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// The test model: `DITTO_TEST_MODEL` where `overridable` and set, else SmolLM2 at
+/// `models/SmolLM2-135M-Instruct.Q4_1.gguf` (fetched by `scripts/fetch-test-model.sh`). When it
+/// is missing the test is skipped with a printed reason (`None`), unless `DITTO_REQUIRE_MODEL=1`
+/// (set by CI): then it fails.
+pub fn test_model(overridable: bool) -> Option<PathBuf> {
+    let path = match std::env::var_os("DITTO_TEST_MODEL").filter(|_| overridable) {
+        Some(p) => PathBuf::from(p),
+        None => {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        }
+    };
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("DITTO_REQUIRE_MODEL").as_deref() == Ok("1") {
+        panic!(
+            "DITTO_REQUIRE_MODEL=1 but {} is missing (scripts/fetch-test-model.sh)",
+            path.display()
+        );
+    }
+    eprintln!(
+        "skipped: no test model at {} (run scripts/fetch-test-model.sh)",
+        path.display()
+    );
+    None
 }
