@@ -288,6 +288,20 @@ fn compile_family(family: &str, arch: &str) -> Result<Ptx> {
     Ok(ptx)
 }
 
+/// Compiles every kernel family (the contract's and the default mode's) for `arch` (such as
+/// `sm_90`) with NVRTC alone, without a driver or a GPU: CI runs it to catch a source that does
+/// not compile before any GPU machine sees it.
+pub fn compile_all_sources(arch: &str) -> Result<()> {
+    // SAFETY: as in `require_libraries`: a dlopen probe of cudarc's candidate names.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(Error::Device("no NVRTC library (libnvrtc.so) found".into()));
+    }
+    for (family, _) in ENTRY_POINTS {
+        no_panic("NVRTC", || compile_family(family, arch))?;
+    }
+    Ok(())
+}
+
 /// Every kernel call allocates its output from the device's default memory pool (stream
 /// ordered). The pool's default release threshold of 0 hands freed memory back to the driver at
 /// each synchronization, so the next step maps it again; keeping it pooled makes an allocation
