@@ -577,16 +577,17 @@ impl WgpuBackend {
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, 1);
         recorder.dispatches += 1;
-        let limit = *self.lock_batch_limit()?;
-        if recorder.dispatches >= limit {
+        let mut limit = self.lock_batch_limit()?;
+        if recorder.dispatches >= *limit {
             // Submitted under the recorder's lock, as every batch is: another thread's batch
             // must not reach the queue before this one, which it may depend on (pooled buffers).
             let full = guard.take();
             self.submit(full, None)?;
-            drop(guard);
-            let mut limit = self.lock_batch_limit()?;
             *limit = (*limit * 2).min(MAX_BATCH);
         }
+        // Both locks go before `flush` takes the recorder's again.
+        drop(limit);
+        drop(guard);
         if wait {
             self.flush()?;
             self.wait()?;
