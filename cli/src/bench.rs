@@ -108,7 +108,16 @@ pub(crate) fn determinism(args: DeterminismArgs) -> Result<(), Error> {
             kernels,
             args: &args,
         })?;
-        if !args.json {
+        if args.json {
+            // The JSON comes at the end; a run cut short still leaves this line.
+            eprintln!(
+                "ditto: {} completions, {} logits_sha256 over {} samples in {:.2} s",
+                report["distinct_completions"],
+                report["distinct_logits_sha256"],
+                report["samples"],
+                report["seconds"].as_f64().unwrap_or_default()
+            );
+        } else {
             if args.kernels == KernelsChoice::Both {
                 println!("kernels {}:", kernels.name());
             }
@@ -447,11 +456,7 @@ struct SpeedRow {
 
 impl SpeedRow {
     fn rates(&self) -> Vec<f64> {
-        let tokens = self.test.tokens() as f64;
-        self.seconds
-            .iter()
-            .map(|&s| if s > 0.0 { tokens / s } else { 0.0 })
-            .collect()
+        rates(self.test, &self.seconds)
     }
     /// Mean and sample standard deviation of tokens/s over the repetitions.
     fn tokens_per_s(&self) -> (f64, f64) {
@@ -460,6 +465,15 @@ impl SpeedRow {
     fn mean_seconds(&self) -> f64 {
         mean_stddev(&self.seconds).0
     }
+}
+
+/// Tokens per second of each repetition of `test`.
+fn rates(test: SpeedTest, seconds: &[f64]) -> Vec<f64> {
+    let tokens = test.tokens() as f64;
+    seconds
+        .iter()
+        .map(|&s| if s > 0.0 { tokens / s } else { 0.0 })
+        .collect()
 }
 
 fn mean_stddev(xs: &[f64]) -> (f64, f64) {
@@ -718,6 +732,9 @@ impl BackendJob for SpeedJob<'_> {
                     times.push(seconds);
                 }
             }
+            // As each test ends, so that a run cut short still reports what it measured.
+            let (mean, sd) = mean_stddev(&rates(test, &times));
+            eprintln!("ditto: {}: {mean:.2} ± {sd:.2} tokens/s", test.name());
             out.push(times);
         }
         Ok(out)
