@@ -1,12 +1,14 @@
 // Matmul: f32 activations [m, k], rounded to bf16 on the fly, times bf16 weights [n, k], giving
 // [m, n] (contract::dot_bf16 per output). Every output's sum runs in the contract's order: K in
 // chunks of DOT_CHUNK, a per-chunk accumulator from +0.0 with k ascending, chunk partials
-// combined in ascending order by combine_chunk_partials. Both paths below keep that order, so
-// they give the same bits and the host may pick either by shape.
+// combined in ascending order by combine_chunk_partials. Every path below keeps that order, so
+// they give the same bits and the host picks by shape: the one-launch GEMV (m <= 8, k a
+// multiple of 8, at most GEMV_THREADS chunks: every model shape), the two-launch GEMV (m <= 8,
+// any k), and the tiled GEMM (larger m).
 //
 // Products are of two bf16 values, exact in f32, so fmaf gives the bits of `a * b + c`.
 
-// ---- Small m (decode): chunks spread over threads. ----
+// ---- Small m (decode): chunks spread over threads, partials combined afterwards. ----
 
 #define GEMV_MAX_ROWS 8
 #define GEMV_THREADS 256
