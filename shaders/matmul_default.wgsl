@@ -2,7 +2,8 @@
 // contract, for honest speed and determinism comparisons. All 256 threads of a workgroup stride
 // over K and their partials are summed by a shared-memory tree, so every thread is busy whatever
 // K is; the order of the sums follows the workgroup size, not the contract's chunks, so its bits
-// differ from the invariant kernels'. One workgroup per output column j, for up to ROWS rows.
+// differ from the invariant kernels'. `gemv_split`: any k, one workgroup per output column j, for
+// up to ROWS rows; `gemv_split_vec` (below): k a multiple of 8, the usual GPU layout.
 struct Params {
     opaque_zero: u32,
     m: u32,
@@ -60,5 +61,63 @@ fn gemv_split(
     }
     if (t < m) {
         out[t * params.n + j] = partials[t * THREADS];
+    }
+}
+
+// The same split-K GEMV for k a multiple of 8, laid out as a GPU GEMV usually is: the
+// activations rounded to bf16 once beforehand (`xb4`, packed by elementwise.wgsl's pack_bf16,
+// as a server keeps them), four output columns per workgroup, 64 threads per column striding K
+// eight weights (16 bytes) at a time, then a tree over those 64 threads per row. `SPLIT_M` (the
+// row count) is a pipeline constant so that the row loops unroll.
+override SPLIT_M: u32 = 1u;
+const SPLIT_COLS: u32 = 4u;
+const SPLIT_LANES: u32 = 64u;
+
+@group(0) @binding(4) var<storage, read> w4: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read> xb4: array<vec4<u32>>;
+
+fn pair_products(xq: u32, wq: u32) -> f32 {
+    return bf16_to_f32(xq) * bf16_to_f32(wq) + bf16_to_f32(xq >> 16u) * bf16_to_f32(wq >> 16u);
+}
+
+@compute @workgroup_size(256)
+fn gemv_split_vec(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let n = params.n;
+    let k = params.k;
+    let lane = t % SPLIT_LANES;
+    let j = (wg.x + wg.y * nwg.x) * SPLIT_COLS + t / SPLIT_LANES;
+    var acc: array<f32, ROWS>;
+    for (var r = 0u; r < ROWS; r++) {
+        acc[r] = 0.0;
+    }
+    if (j < n) {
+        let groups = k / 8u;
+        for (var g = lane; g < groups; g += SPLIT_LANES) {
+            let wq = w4[j * groups + g];
+            for (var r = 0u; r < SPLIT_M; r++) {
+                let xq = xb4[r * groups + g];
+                acc[r] = acc[r] + pair_products(xq.x, wq.x) + pair_products(xq.y, wq.y)
+                    + pair_products(xq.z, wq.z) + pair_products(xq.w, wq.w);
+            }
+        }
+    }
+    for (var r = 0u; r < SPLIT_M; r++) {
+        partials[r * THREADS + t] = acc[r];
+    }
+    workgroupBarrier();
+    for (var s = SPLIT_LANES / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            for (var r = 0u; r < SPLIT_M; r++) {
+                partials[r * THREADS + t] = partials[r * THREADS + t] + partials[r * THREADS + t + s];
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lane < SPLIT_M && j < n) {
+        out[lane * n + j] = partials[lane * THREADS + t - lane];
     }
 }

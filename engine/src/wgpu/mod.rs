@@ -168,6 +168,8 @@ fn sorted_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
 const ELEMENTWISE_THREADS: usize = 256;
 /// Rows up to which `matmul` uses the GEMV kernel (`GEMV_ROWS` in matmul.wgsl).
 const GEMV_MAX_ROWS: usize = 8;
+/// Mirrors `SPLIT_COLS` in matmul_default.wgsl: output columns per workgroup.
+const DEFAULT_SPLIT_COLS: usize = 4;
 /// Threads of the vectorised GEMV's workgroup (`GEMV4_THREADS` in matmul.wgsl).
 const GEMV_VEC_THREADS: usize = 256;
 /// bf16 elements of x the vectorised GEMV stages per K segment, all rows together (`gemv4_x`).
@@ -701,6 +703,24 @@ impl WgpuBackend {
         Ok(data)
     }
 
+    /// The first `len` values of f32 tensor `x` rounded to bf16 by the contract, two per word.
+    fn pack_bf16(&self, x: &WgpuTensor, len: usize) -> Result<WgpuTensor> {
+        let packed = self.tensor(
+            self.output_buffer(len as u64 * 2, "bf16 values")?,
+            len,
+            DType::Bf16,
+        );
+        self.run(
+            "elementwise",
+            "pack_bf16",
+            &[u32_of(len, "pack_bf16")?, 0],
+            &[(1, &x.buffer), (5, &packed.buffer)],
+            self.groups(len.div_ceil(2).div_ceil(ELEMENTWISE_THREADS))?,
+            false,
+        )?;
+        Ok(packed)
+    }
+
     fn elementwise(
         &self,
         entry: &'static str,
@@ -866,7 +886,18 @@ impl Backend for WgpuBackend {
             // choice never changes bits (tests/batch_invariance.rs checks it).
             let buffers: [(u32, &wgpu::Buffer); 3] =
                 [(1, &x.buffer), (2, &w.buffer), (3, &result.buffer)];
-            if m <= GEMV_MAX_ROWS && self.mode == KernelMode::Default {
+            if m <= GEMV_MAX_ROWS && self.mode == KernelMode::Default && k.is_multiple_of(8) {
+                let xb = self.pack_bf16(x, m * k)?;
+                self.run_words(
+                    "matmul_default",
+                    "gemv_split_vec",
+                    Some(("SPLIT_M", m32)),
+                    &[0, m32, n32, k32],
+                    &[(6, &xb.buffer), (4, &w.buffer), (3, &result.buffer)],
+                    self.groups(n.div_ceil(DEFAULT_SPLIT_COLS))?,
+                    false,
+                )?;
+            } else if m <= GEMV_MAX_ROWS && self.mode == KernelMode::Default {
                 self.run(
                     "matmul_default",
                     "gemv_split",
@@ -910,23 +941,7 @@ impl Backend for WgpuBackend {
         }
         match out {
             DType::F32 => Ok(result),
-            DType::Bf16 => {
-                let len = m * n;
-                let packed = self.tensor(
-                    self.output_buffer(len as u64 * 2, "matmul bf16 output")?,
-                    len,
-                    DType::Bf16,
-                );
-                self.run(
-                    "elementwise",
-                    "pack_bf16",
-                    &[u32_of(len, "matmul")?, 0],
-                    &[(1, &result.buffer), (5, &packed.buffer)],
-                    self.groups(len.div_ceil(2).div_ceil(ELEMENTWISE_THREADS))?,
-                    false,
-                )?;
-                Ok(packed)
-            }
+            DType::Bf16 => self.pack_bf16(&result, m * n),
         }
     }
 
