@@ -49,6 +49,14 @@ impl Drop for TinyModelDir {
     }
 }
 
+/// Runs `ditto` with `args`, which must succeed and print one JSON object: that object.
+fn ditto_json(args: &[OsString]) -> serde_json::Value {
+    let out = ditto(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
 /// Fails the test unless the run failed cleanly: non-zero status, no panic, stderr containing
 /// `needle`.
 fn assert_clean_failure(out: &Output, needle: &str) {
@@ -204,10 +212,7 @@ fn bench_determinism_json() {
             "cpu",
             "--json",
         ]));
-        let out = ditto(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "stderr: {stderr}");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        let v = ditto_json(&args);
         assert_eq!(v["samples"], 6);
         assert_eq!(v["distinct_completions"], 1, "{v}");
         assert_eq!(v["distinct_logits_sha256"], 1, "{v}");
@@ -390,10 +395,7 @@ fn bench_speed_json() {
         "1",
         "--json",
     ]));
-    let out = ditto(&args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stderr: {stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let v = ditto_json(&args);
     let rows = v["rows"].as_array().unwrap();
     let tests: Vec<&str> = rows.iter().map(|r| r["test"].as_str().unwrap()).collect();
     assert_eq!(tests, ["pp16", "tg4", "tg2@3"]);
@@ -452,13 +454,7 @@ fn bench_kernels_both() {
         "both",
         "--json",
     ]));
-    let out = ditto(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let v = ditto_json(&args);
     let runs = v["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[0]["kernels"], "invariant");
@@ -484,13 +480,7 @@ fn bench_kernels_both() {
         "1",
         "--json",
     ]));
-    let out = ditto(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let v = ditto_json(&args);
     assert_eq!(v["rows"].as_array().unwrap().len(), 4);
     let ratios = v["ratios"].as_array().unwrap();
     assert_eq!(ratios.len(), 2);
