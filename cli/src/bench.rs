@@ -5,7 +5,7 @@
 //! fingerprints came out (1 and 1 is the contract), the batch sizes seen, and throughput.
 
 use super::{utf8_arg, Kernels, KernelsChoice};
-use crate::backend_select::{select, BackendChoice, BackendJob};
+use crate::backend_select::{select, BackendChoice, BackendJob, Selected};
 use crate::load;
 use ditto_engine::generate::plain_prompt_tokens;
 use ditto_engine::loader::LoadedModel;
@@ -82,15 +82,7 @@ pub(crate) fn determinism(args: DeterminismArgs) -> Result<(), Error> {
         ));
     }
     load::check_model_path(&args.model)?;
-    // Open every backend first, so that a mode the backend lacks fails before anything runs.
-    let mut backends = Vec::new();
-    for kernels in args.kernels.list() {
-        let (backend, notes) = select(args.backend, kernels.mode())?;
-        for note in notes {
-            eprintln!("ditto: {note}");
-        }
-        backends.push((kernels, backend));
-    }
+    let backends = open_backends(args.backend, args.kernels)?;
     let loaded = load::load_model(&args.model)?;
     let mut reports = Vec::new();
     for (kernels, backend) in backends {
@@ -467,6 +459,23 @@ impl SpeedRow {
     }
 }
 
+/// The backend for each kernel mode asked for, all opened before anything runs, so that a mode
+/// the backend lacks fails first.
+fn open_backends(
+    choice: BackendChoice,
+    kernels: KernelsChoice,
+) -> Result<Vec<(Kernels, Selected)>, Error> {
+    let mut backends = Vec::new();
+    for k in kernels.list() {
+        let (backend, notes) = select(choice, k.mode())?;
+        for note in notes {
+            eprintln!("ditto: {note}");
+        }
+        backends.push((k, backend));
+    }
+    Ok(backends)
+}
+
 /// Tokens per second of each repetition of `test`.
 fn rates(test: SpeedTest, seconds: &[f64]) -> Vec<f64> {
     let tokens = test.tokens() as f64;
@@ -497,14 +506,7 @@ pub(crate) fn speed(args: SpeedArgs) -> Result<(), Error> {
         return Err(Error::Input("--tests is empty".into()));
     }
     load::check_model_path(&args.model)?;
-    let mut backends = Vec::new();
-    for kernels in args.kernels.list() {
-        let (backend, notes) = select(args.backend, kernels.mode())?;
-        for note in notes {
-            eprintln!("ditto: {note}");
-        }
-        backends.push((kernels, backend));
-    }
+    let backends = open_backends(args.backend, args.kernels)?;
     let loaded = load::load_model(&args.model)?;
     let context = loaded.config.max_position_embeddings;
     if let Some(t) = args.tests.iter().find(|t| t.positions() > context) {
