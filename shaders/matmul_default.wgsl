@@ -21,6 +21,22 @@ const ROWS: u32 = 8u;
 
 var<workgroup> partials: array<f32, 2048>; // [ROWS][THREADS]
 
+// Sums `partials` over each group of `lanes` consecutive threads (a power of two dividing
+// THREADS), for rows 0..rows, by halving: the group's total lands at its first thread. Every
+// thread of the workgroup calls it.
+fn tree_sum(t: u32, lanes: u32, rows: u32) {
+    let lane = t % lanes;
+    workgroupBarrier();
+    for (var s = lanes / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            for (var r = 0u; r < rows; r++) {
+                partials[r * THREADS + t] = partials[r * THREADS + t] + partials[r * THREADS + t + s];
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
 fn weight_at(e: u32) -> f32 {
     return bf16_to_f32(w[e >> 1u] >> ((e & 1u) << 4u));
 }
@@ -50,15 +66,7 @@ fn gemv_split(
     for (var r = 0u; r < ROWS; r++) {
         partials[r * THREADS + t] = acc[r];
     }
-    workgroupBarrier();
-    for (var s = THREADS / 2u; s > 0u; s >>= 1u) {
-        if (t < s) {
-            for (var r = 0u; r < ROWS; r++) {
-                partials[r * THREADS + t] = partials[r * THREADS + t] + partials[r * THREADS + t + s];
-            }
-        }
-        workgroupBarrier();
-    }
+    tree_sum(t, THREADS, m);
     if (t < m) {
         out[t * params.n + j] = partials[t * THREADS];
     }
@@ -108,15 +116,7 @@ fn gemv_split_vec(
     for (var r = 0u; r < SPLIT_M; r++) {
         partials[r * THREADS + t] = acc[r];
     }
-    workgroupBarrier();
-    for (var s = SPLIT_LANES / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            for (var r = 0u; r < SPLIT_M; r++) {
-                partials[r * THREADS + t] = partials[r * THREADS + t] + partials[r * THREADS + t + s];
-            }
-        }
-        workgroupBarrier();
-    }
+    tree_sum(t, SPLIT_LANES, SPLIT_M);
     if (lane < SPLIT_M && j < n) {
         out[lane * n + j] = partials[lane * THREADS + t - lane];
     }
