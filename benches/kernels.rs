@@ -10,12 +10,15 @@
 //! `--quick` is CI's smoke run: small shapes, one repetition. A backend that does not open is
 //! reported and skipped.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::Rng;
 use ditto::cuda::ceilings::GemmPrecision;
 use ditto::cuda::CudaBackend;
 use ditto::engine::cpu::CpuBackend;
 use ditto::engine::wgpu::WgpuBackend;
 use ditto::engine::{AttnGeometry, AttnSeq, Backend, DType, KernelMode, MatmulShape, Result};
-use ditto::shaders::contract;
 use std::time::Instant;
 
 /// The dimensions the benchmark takes from a model.
@@ -133,27 +136,6 @@ struct Ceilings {
     bf16_flops: Option<f64>,
 }
 
-/// A seeded generator for inputs (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn unit(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    fn f32s(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.unit()).collect()
-    }
-    fn bf16s(&mut self, n: usize, scale: f32) -> Vec<u16> {
-        (0..n)
-            .map(|_| contract::round_bf16_bits(self.unit() * scale))
-            .collect()
-    }
-}
-
 /// Seconds per call of `op` on `b`: a warm-up call, then `reps` calls queued back to back and
 /// one wait for the last (`finish`), so launch overhead counts as it does in a model. Also
 /// returns the host's share: seconds per call spent queuing (before the wait).
@@ -199,7 +181,7 @@ fn bench_backend<B: Backend>(
     o: &Options,
 ) -> Result<Vec<Row>> {
     let s = o.shapes;
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let mut rows = Vec::new();
     let mut measure = |work: Work, run: &dyn Fn(&B) -> Result<B::Tensor>| -> Result<()> {
         if o.filter
@@ -248,7 +230,7 @@ fn bench_backend<B: Backend>(
             ms.extend_from_slice(gemm_rows);
         }
         for m in ms {
-            let x = rng.f32s(m * k);
+            let x = rng.f32s(m * k, 1.0);
             let (xi, xd) = (
                 invariant.upload_f32(&x)?,
                 default.map(|d| d.upload_f32(&x)).transpose()?,
@@ -274,7 +256,7 @@ fn bench_backend<B: Backend>(
 
     // RMSNorm of one row (decode) and of a prefill's rows.
     for rows_n in [1usize, 512] {
-        let x = rng.f32s(rows_n * s.hidden);
+        let x = rng.f32s(rows_n * s.hidden, 1.0);
         let wt = rng.bf16s(s.hidden, 1.0);
         let (xi, wi) = (invariant.upload_f32(&x)?, invariant.upload_bf16(&wt)?);
         let dd = match default {
@@ -318,7 +300,7 @@ fn bench_backend<B: Backend>(
         let slots = seqs_n * pages_per_seq * page;
         let kv = rng.bf16s(slots * kv_out, 1.0);
         let vv = rng.bf16s(slots * kv_out, 1.0);
-        let q = rng.f32s(seqs_n * q_len * q_out);
+        let q = rng.f32s(seqs_n * q_len * q_out, 1.0);
         let block_table: Vec<u32> = (0..(seqs_n * pages_per_seq) as u32).collect();
         let seqs: Vec<AttnSeq> = (0..seqs_n)
             .map(|i| AttnSeq {
