@@ -595,9 +595,12 @@ impl CudaBackend {
         let (alpha, beta) = (1.0f32, 0.0f32);
         // Row-major C[m,n] = X[m,k] W[n,k]^T is column-major C^T[n,m] = W^T X: W's buffer is a
         // column-major k×n matrix (transposed), X's a column-major k×m one.
-        let mut result = match out {
-            DType::F32 => Buf::F32(self.alloc_zeros::<f32>(m * n)?),
-            DType::Bf16 => Buf::Bf16(self.alloc_zeros::<u16>(m * n)?),
+        // SAFETY: with beta = 0 cuBLAS writes every element of C without reading it.
+        let mut result = unsafe {
+            match out {
+                DType::F32 => Buf::F32(self.alloc_uninit::<f32>(m * n)?),
+                DType::Bf16 => Buf::Bf16(self.alloc_uninit::<u16>(m * n)?),
+            }
         };
         {
             let (wp, _wg) = w.device_ptr(&self.stream);
