@@ -1,5 +1,5 @@
-// Matmul: f32 activations [m, k], rounded to bf16 on the fly, times bf16 weights [n, k], giving
-// [m, n] (contract::dot_bf16 per output). Every output's sum runs in the contract's order: K in
+// Matmul: activations [m, k] as bf16 bits (rounded once by round_to_bf16, or by the kernel that
+// produced them), times bf16 weights [n, k], giving [m, n] (contract::dot_bf16 per output). Every output's sum runs in the contract's order: K in
 // chunks of DOT_CHUNK, a per-chunk accumulator from +0.0 with k ascending, chunk partials
 // combined in ascending order by combine_chunk_partials. Every path below keeps that order, so
 // they give the same bits and the host picks by shape: the one-launch GEMV (m <= 8, k a
@@ -15,7 +15,7 @@
 
 // The partial sums of one chunk of one weight row, for every row of x (f32, rounded here): one
 // accumulator per x row from +0.0, k ascending. The general path: any k, any number of chunks.
-__device__ __forceinline__ void gemv_chunk(const float* __restrict__ x,
+__device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
                                            const unsigned short* __restrict__ w_row,
                                            unsigned int m, unsigned int k, unsigned int start,
                                            unsigned int end, float acc[GEMV_MAX_ROWS]) {
@@ -28,7 +28,7 @@ __device__ __forceinline__ void gemv_chunk(const float* __restrict__ x,
 #pragma unroll
         for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
             if (r < (int)m) {
-                acc[r] = fmaf(round_bf16(x[(unsigned long long)r * k + kk]), wk, acc[r]);
+                acc[r] = fmaf(bf16_to_f32(x[(unsigned long long)r * k + kk]), wk, acc[r]);
             }
         }
     }
@@ -187,7 +187,7 @@ matmul_gemv_bf16(const unsigned short* __restrict__ x, const unsigned short* __r
 
 // Any k: one thread per (output column j, chunk c), c fastest, writing
 // partials[(r * n + j) * chunks + c]; a second kernel combines them.
-extern "C" __global__ void matmul_chunk_partials(const float* __restrict__ x,
+extern "C" __global__ void matmul_chunk_partials(const unsigned short* __restrict__ x,
                                                  const unsigned short* __restrict__ w,
                                                  float* __restrict__ partials, unsigned int m,
                                                  unsigned int n, unsigned int k) {
@@ -247,7 +247,7 @@ static_assert(DOT_CHUNK % TILE_K == 0, "chunk boundaries must fall on K-tile bou
 // Each thread keeps two registers per output, as the contract allows: `part` (the running chunk
 // sum, from +0.0) and `total` (the chunk partials combined so far).
 template <bool BF16_OUT>
-__device__ __forceinline__ void matmul_tiled_body(const float* __restrict__ x,
+__device__ __forceinline__ void matmul_tiled_body(const unsigned short* __restrict__ x,
                                                   const unsigned short* __restrict__ w,
                                                   void* __restrict__ out, unsigned int m,
                                                   unsigned int n, unsigned int k) {
@@ -275,7 +275,7 @@ __device__ __forceinline__ void matmul_tiled_body(const float* __restrict__ x,
             unsigned int kk = e % TILE_K;
             unsigned int gr = row0 + r;
             unsigned int gc = col0 + r;
-            xs[kk][r] = (gr < m && kk < kb) ? round_bf16(x[(unsigned long long)gr * k + k0 + kk]) : 0.0f;
+            xs[kk][r] = (gr < m && kk < kb) ? bf16_to_f32(x[(unsigned long long)gr * k + k0 + kk]) : 0.0f;
             ws[kk][r] = (gc < n && kk < kb) ? bf16_to_f32(w[(unsigned long long)gc * k + k0 + kk]) : 0.0f;
         }
         __syncthreads();
@@ -328,19 +328,19 @@ __device__ __forceinline__ void matmul_tiled_body(const float* __restrict__ x,
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS)
-matmul_tiled_f32(const float* __restrict__ x, const unsigned short* __restrict__ w,
+matmul_tiled_f32(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
                  float* __restrict__ out, unsigned int m, unsigned int n, unsigned int k) {
     matmul_tiled_body<false>(x, w, out, m, n, k);
 }
 
 extern "C" __global__ void __launch_bounds__(TILE_THREADS)
-matmul_tiled_bf16(const float* __restrict__ x, const unsigned short* __restrict__ w,
+matmul_tiled_bf16(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
                   unsigned short* __restrict__ out, unsigned int m, unsigned int n,
                   unsigned int k) {
     matmul_tiled_body<true>(x, w, out, m, n, k);
 }
 
-// ---- Default mode helper: activations rounded to bf16 bits for cuBLAS. ----
+// ---- Activations rounded to bf16 bits once, for every matmul path (and cuBLAS). ----
 extern "C" __global__ void round_to_bf16(const float* __restrict__ x, unsigned short* __restrict__ out,
                                          unsigned long long len) {
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;

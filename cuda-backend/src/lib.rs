@@ -574,6 +574,123 @@ impl CudaBackend {
         Ok(xb)
     }
 
+    /// Invariant matmul of at most `GEMV_MAX_ROWS` rows: `xb` (bf16 `[m, k]`) times `w` (bf16
+    /// `[n, k]`) into `out` (`[m, n]`).
+    fn matmul_gemv(
+        &self,
+        xb: &CudaSlice<u16>,
+        ws: &CudaSlice<u16>,
+        out: &mut Buf,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        let (m32, n32, k32) = (u32_arg(m, "m")?, u32_arg(n, "n")?, u32_arg(k, "k")?);
+        let chunks = k.div_ceil(DOT_CHUNK);
+        if k.is_multiple_of(8) && chunks <= GEMV_THREADS as usize {
+            let cols = GEMV_THREADS as usize / chunks;
+            let name = match out {
+                Buf::F32(_) => "matmul_gemv_f32",
+                Buf::Bf16(_) => "matmul_gemv_bf16",
+            };
+            let f = self.func(name)?;
+            let mut l = self.stream.launch_builder(f);
+            l.arg(xb);
+            l.arg(ws);
+            match out {
+                Buf::F32(o) => l.arg(o),
+                Buf::Bf16(o) => l.arg(o),
+            };
+            l.arg(&m32).arg(&n32).arg(&k32);
+            let cfg = LaunchConfig {
+                grid_dim: (u32_arg(n.div_ceil(cols), "column blocks")?, 1, 1),
+                block_dim: (GEMV_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: matmul_gemv_*(const unsigned short*, const unsigned short*, out*,
+            // unsigned int m, n, k) with GEMV_THREADS threads as its __launch_bounds__; xb
+            // holds m*k, w n*k and out m*n elements; m <= GEMV_MAX_ROWS, k is a multiple of 8
+            // (16-byte rows) with at most GEMV_THREADS chunks, as the kernel needs.
+            unsafe { l.launch(cfg) }.map_err(device_err("matmul gemv"))?;
+            return Ok(());
+        }
+        let chunks32 = u32_arg(chunks, "chunks")?;
+        // SAFETY: matmul_chunk_partials writes every one of the m*n*chunks partials.
+        let mut partials = unsafe { self.alloc_uninit::<f32>(m * n * chunks)? };
+        let f = self.func("matmul_chunk_partials")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(xb)
+            .arg(ws)
+            .arg(&mut partials)
+            .arg(&m32)
+            .arg(&n32)
+            .arg(&k32);
+        // SAFETY: matmul_chunk_partials(const unsigned short*, const unsigned short*, float*,
+        // unsigned int m, n, k); xb holds m*k, w n*k, partials m*n*chunks elements; m is at
+        // most GEMV_MAX_ROWS.
+        unsafe { l.launch(grid_1d(n * chunks)?) }.map_err(device_err("matmul partials"))?;
+        let outputs = (m * n) as u64;
+        let name = match out {
+            Buf::F32(_) => "matmul_combine_f32",
+            Buf::Bf16(_) => "matmul_combine_bf16",
+        };
+        let f = self.func(name)?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&partials);
+        match out {
+            Buf::F32(o) => l.arg(o),
+            Buf::Bf16(o) => l.arg(o),
+        };
+        l.arg(&outputs).arg(&chunks32);
+        // SAFETY: matmul_combine_*(const float*, out*, unsigned long long, unsigned int);
+        // partials holds outputs*chunks elements, out holds outputs.
+        unsafe { l.launch(grid_1d(m * n)?) }.map_err(device_err("matmul combine"))?;
+        Ok(())
+    }
+
+    /// Invariant matmul of more than `GEMV_MAX_ROWS` rows: `xb` (bf16 `[m, k]`) times `w` (bf16
+    /// `[n, k]`) into `out` (`[m, n]`).
+    fn matmul_gemm(
+        &self,
+        xb: &CudaSlice<u16>,
+        ws: &CudaSlice<u16>,
+        out: &mut Buf,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        let (m32, n32, k32) = (u32_arg(m, "m")?, u32_arg(n, "n")?, u32_arg(k, "k")?);
+        let name = match out {
+            Buf::F32(_) => "matmul_tiled_f32",
+            Buf::Bf16(_) => "matmul_tiled_bf16",
+        };
+        let f = self.func(name)?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(xb).arg(ws);
+        match out {
+            Buf::F32(o) => l.arg(o),
+            Buf::Bf16(o) => l.arg(o),
+        };
+        l.arg(&m32).arg(&n32).arg(&k32);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                u32_arg(n.div_ceil(TILE), "n tiles")?,
+                u32_arg(m.div_ceil(TILE), "m tiles")?,
+                1,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        if cfg.grid_dim.1 > 65535 {
+            return Err(Error::Unsupported(format!("matmul with m = {m}")));
+        }
+        // SAFETY: matmul_tiled_*(const unsigned short*, const unsigned short*, out*, unsigned
+        // int m, n, k); 256 threads as the kernel's __launch_bounds__; xb holds m*k, w n*k and
+        // out m*n elements.
+        unsafe { l.launch(cfg) }.map_err(device_err("matmul tiled"))?;
+        Ok(())
+    }
+
     /// `KernelMode::Default` matmul: activations rounded to bf16, then cuBLAS GEMM with bf16
     /// inputs, f32 compute and the requested output type.
     fn matmul_cublas(
@@ -801,7 +918,6 @@ impl Backend for CudaBackend {
         if let (KernelMode::Default, Some(blas)) = (self.mode, &self.blas) {
             return self.matmul_cublas(blas, xs, ws, shape, out);
         }
-        let (m32, n32, k32) = (u32_arg(m, "m")?, u32_arg(n, "n")?, u32_arg(k, "k")?);
         // SAFETY: each path below writes all m*n outputs.
         let mut result = unsafe {
             match out {
@@ -809,93 +925,11 @@ impl Backend for CudaBackend {
                 DType::Bf16 => Buf::Bf16(self.alloc_uninit::<u16>(m * n)?),
             }
         };
-        let chunks = k.div_ceil(DOT_CHUNK);
-        if m <= GEMV_MAX_ROWS && k.is_multiple_of(8) && chunks <= GEMV_THREADS as usize {
-            let cols = GEMV_THREADS as usize / chunks;
-            let xb = self.round_to_bf16(xs, m * k)?;
-            let name = match out {
-                DType::F32 => "matmul_gemv_f32",
-                DType::Bf16 => "matmul_gemv_bf16",
-            };
-            let f = self.func(name)?;
-            let mut l = self.stream.launch_builder(f);
-            l.arg(&xb);
-            l.arg(ws);
-            match &mut result {
-                Buf::F32(o) => l.arg(o),
-                Buf::Bf16(o) => l.arg(o),
-            };
-            l.arg(&m32).arg(&n32).arg(&k32);
-            let cfg = LaunchConfig {
-                grid_dim: (u32_arg(n.div_ceil(cols), "column blocks")?, 1, 1),
-                block_dim: (GEMV_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: matmul_gemv_*(const unsigned short*, const unsigned short*, out*,
-            // unsigned int m, n, k) with GEMV_THREADS threads as its __launch_bounds__; the
-            // rounded x holds m*k, w n*k and out m*n elements; m <= GEMV_MAX_ROWS, k is a
-            // multiple of 8 (16-byte rows) with at most GEMV_THREADS chunks, as the kernel needs.
-            unsafe { l.launch(cfg) }.map_err(device_err("matmul gemv"))?;
-        } else if m <= GEMV_MAX_ROWS {
-            let chunks32 = u32_arg(chunks, "chunks")?;
-            // SAFETY: matmul_chunk_partials writes every one of the m*n*chunks partials.
-            let mut partials = unsafe { self.alloc_uninit::<f32>(m * n * chunks)? };
-            let f = self.func("matmul_chunk_partials")?;
-            let mut l = self.stream.launch_builder(f);
-            l.arg(xs)
-                .arg(ws)
-                .arg(&mut partials)
-                .arg(&m32)
-                .arg(&n32)
-                .arg(&k32);
-            // SAFETY: matmul_chunk_partials(const float*, const unsigned short*, float*,
-            // unsigned int m, n, k); x holds m*k, w n*k, partials m*n*chunks elements; m is at
-            // most GEMV_MAX_ROWS.
-            unsafe { l.launch(grid_1d(n * chunks)?) }.map_err(device_err("matmul partials"))?;
-            let outputs = (m * n) as u64;
-            let name = match out {
-                DType::F32 => "matmul_combine_f32",
-                DType::Bf16 => "matmul_combine_bf16",
-            };
-            let f = self.func(name)?;
-            let mut l = self.stream.launch_builder(f);
-            l.arg(&partials);
-            match &mut result {
-                Buf::F32(o) => l.arg(o),
-                Buf::Bf16(o) => l.arg(o),
-            };
-            l.arg(&outputs).arg(&chunks32);
-            // SAFETY: matmul_combine_*(const float*, out*, unsigned long long, unsigned int);
-            // partials holds outputs*chunks elements, out holds outputs.
-            unsafe { l.launch(grid_1d(m * n)?) }.map_err(device_err("matmul combine"))?;
+        let xb = self.round_to_bf16(xs, m * k)?;
+        if m <= GEMV_MAX_ROWS {
+            self.matmul_gemv(&xb, ws, &mut result, m, n, k)?;
         } else {
-            let name = match out {
-                DType::F32 => "matmul_tiled_f32",
-                DType::Bf16 => "matmul_tiled_bf16",
-            };
-            let f = self.func(name)?;
-            let mut l = self.stream.launch_builder(f);
-            l.arg(xs).arg(ws);
-            match &mut result {
-                Buf::F32(o) => l.arg(o),
-                Buf::Bf16(o) => l.arg(o),
-            };
-            l.arg(&m32).arg(&n32).arg(&k32);
-            let cfg = LaunchConfig {
-                grid_dim: (
-                    u32_arg(n.div_ceil(TILE), "n tiles")?,
-                    u32_arg(m.div_ceil(TILE), "m tiles")?,
-                    1,
-                ),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            if cfg.grid_dim.1 > 65535 {
-                return Err(Error::Unsupported(format!("matmul with m = {m}")));
-            }
-            // SAFETY: matmul_tiled_*(const float*, const unsigned short*, out*, unsigned int m,
-            // n, k); 256 threads as the kernel's __launch_bounds__; buffers as checked above.
-            unsafe { l.launch(cfg) }.map_err(device_err("matmul tiled"))?;
+            self.matmul_gemm(&xb, ws, &mut result, m, n, k)?;
         }
         Ok(CudaTensor {
             buf: result,
