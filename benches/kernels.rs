@@ -19,6 +19,7 @@ use ditto::cuda::CudaBackend;
 use ditto::engine::cpu::CpuBackend;
 use ditto::engine::wgpu::WgpuBackend;
 use ditto::engine::{AttnGeometry, AttnSeq, Backend, DType, KernelMode, MatmulShape, Result};
+use ditto::shaders::contract;
 use std::time::Instant;
 
 /// The dimensions the benchmark takes from a model.
@@ -205,12 +206,13 @@ fn bench_backend<B: Backend>(
         Ok(())
     };
 
-    // Matmuls: the projections of one layer and the output head.
+    // Matmuls: the projections of one layer (q/k/v and gate/up stacked, as the model runs
+    // them) and the output head.
     let (q_out, kv_out) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
     let mut projections = vec![
-        ("q/o", q_out, s.hidden),
-        ("k/v", kv_out, s.hidden),
-        ("gate/up", s.intermediate, s.hidden),
+        ("q/k/v", q_out + 2 * kv_out, s.hidden),
+        ("o", s.hidden, q_out),
+        ("gate/up", 2 * s.intermediate, s.hidden),
         ("down", s.hidden, s.intermediate),
         ("lm_head", s.vocab, s.hidden),
     ];
@@ -230,11 +232,14 @@ fn bench_backend<B: Backend>(
             ms.extend_from_slice(gemm_rows);
         }
         for m in ms {
+            // The activations come out of an RMSNorm, as in the model, so that a backend whose
+            // kernels hand their outputs over already rounded for the matmul (cuda) does so here.
             let x = rng.f32s(m * k, 1.0);
-            let (xi, xd) = (
-                invariant.upload_f32(&x)?,
-                default.map(|d| d.upload_f32(&x)).transpose()?,
-            );
+            let ones = vec![contract::round_bf16_bits(1.0); k];
+            let normed = |b: &B| -> Result<B::Tensor> {
+                b.rms_norm(&b.upload_f32(&x)?, &b.upload_bf16(&ones)?, m, k, 1e-6)
+            };
+            let (xi, xd) = (normed(invariant)?, default.map(normed).transpose()?);
             let shape = MatmulShape { m, n, k };
             let work = Work {
                 op: format!("matmul {what}"),

@@ -2,11 +2,16 @@
 // uses only its own bindings; the host binds exactly those.
 struct Params {
     opaque_zero: u32,
-    // Elements (f32 side).
+    // Elements (f32 side) of the output.
     len: u32,
-    // Row length of add_bias.
+    // Row length of the output (add_bias, silu_mul, copy_columns).
     n: u32,
-    _pad: u32,
+    // copy_columns: the input's row length and the first column copied.
+    src_row: u32,
+    src_start: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -20,7 +25,8 @@ fn thread_index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wg.x + wg.y * nwg.x) * 256u + lid;
 }
 
-// silu(gate) · up with the contract's silu (own exp and reciprocal) and an explicit product.
+// silu(gate) · up with the contract's silu (own exp and reciprocal) and an explicit product;
+// each row of `a` holds n gate values, then n up values.
 @compute @workgroup_size(256)
 fn silu_mul(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -32,7 +38,25 @@ fn silu_mul(
     if (i >= params.len) {
         return;
     }
-    out[i] = mul_rn(contract_silu(a[i]), b[i]);
+    let row = i / params.n;
+    let gate = i + row * params.n;
+    out[i] = mul_rn(contract_silu(a[gate]), a[gate + params.n]);
+}
+
+// Columns src_start..src_start + n of every src_row-long row of `a`.
+@compute @workgroup_size(256)
+fn copy_columns(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    opaque_zero = params.opaque_zero;
+    let i = thread_index(wg, nwg, lid);
+    if (i >= params.len) {
+        return;
+    }
+    let row = i / params.n;
+    out[i] = a[row * params.src_row + params.src_start + (i - row * params.n)];
 }
 
 @compute @workgroup_size(256)

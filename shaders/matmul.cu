@@ -47,7 +47,9 @@ __device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
 // separate lines), and the loads of the next pass are in flight while the current pass is
 // added. Activations come pre-rounded to bf16 (round_to_bf16), read 8 at a time.
 
+#ifndef GEMV_PASS
 #define GEMV_PASS 32
+#endif
 #define GEMV_UNITS (GEMV_PASS / 8)
 // Each task's staged row of 16-byte units, padded by one unit so that lanes reading their own
 // rows hit distinct banks.

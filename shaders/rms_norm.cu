@@ -1,4 +1,5 @@
-// RMSNorm of one row per thread block (contract::rms_norm_row).
+// RMSNorm of one row per thread block (contract::rms_norm_row); the output also rounded to bf16
+// bits for the matmuls it feeds.
 // Sum of squares in the chunked order: thread c owns chunks c, c + blockDim, …, each summed from
 // +0.0 with k ascending; thread 0 then combines the chunk partials in ascending order. The
 // dynamic shared memory holds one partial per chunk and, when `staged` (the host checks it
@@ -7,12 +8,15 @@
 // one spare word per chunk so that threads walking different chunks hit different banks.
 extern "C" __global__ void rms_norm(const float* __restrict__ x,
                                     const unsigned short* __restrict__ weight,
-                                    float* __restrict__ out, unsigned int dim, float eps,
+                                    float* __restrict__ out,
+                                    unsigned short* __restrict__ rounded, unsigned int dim,
+                                    float eps,
                                     float inv_dim, unsigned int staged) {
     extern __shared__ float shared[];
     __shared__ float r_shared;
     const float* row = x + (unsigned long long)blockIdx.x * dim;
     float* out_row = out + (unsigned long long)blockIdx.x * dim;
+    unsigned short* rounded_row = rounded + (unsigned long long)blockIdx.x * dim;
     unsigned int chunks = (dim + DOT_CHUNK - 1) / DOT_CHUNK;
     float* chunk_partials = shared;
     float* row_copy = shared + chunks;
@@ -53,6 +57,8 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x,
     float r = r_shared;
     for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
         float v = staged ? row_copy[i + i / DOT_CHUNK] : row[i];
-        out_row[i] = mul_rn(mul_rn(v, r), bf16_to_f32(weight[i]));
+        float y = mul_rn(mul_rn(v, r), bf16_to_f32(weight[i]));
+        out_row[i] = y;
+        rounded_row[i] = (unsigned short)round_bf16_bits(y);
     }
 }

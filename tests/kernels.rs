@@ -168,33 +168,72 @@ fn rope<B: Backend>(b: &B) {
 fn elementwise<B: Backend>(b: &B) {
     let mut rng = Rng::new(5);
     for len in [1, 255, 257, 1000, 70001] {
-        // Gate values over the whole useful range of silu, plus ±0 and +inf.
-        let mut gate = rng.f32s(len, 100.0);
-        gate[0] = f32::INFINITY;
-        if len > 2 {
-            gate[1] = -0.0;
-            gate[2] = 1e-40;
-        }
-        let up = activations(&mut rng, len);
-        let (tg, tu) = (ok("g", b.upload_f32(&gate)), ok("u", b.upload_f32(&up)));
-        let want: Vec<f32> = gate
-            .iter()
-            .zip(&up)
-            .map(|(&g, &u)| contract::mul_rn(contract::silu(g), u))
-            .collect();
-        let got = ok("silu_mul", b.silu_mul(&tg, &tu));
-        assert_bits(
-            &format!("silu_mul {len}"),
-            &ok("dl", b.download_f32(&got)),
-            &want,
+        let (a, c) = (rng.f32s(len, 100.0), activations(&mut rng, len));
+        let want: Vec<f32> = a.iter().zip(&c).map(|(&x, &y)| x + y).collect();
+        let got = ok(
+            "add",
+            b.add(&ok("a", b.upload_f32(&a)), &ok("c", b.upload_f32(&c))),
         );
-        let want: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| g + u).collect();
-        let got = ok("add", b.add(&tg, &tu));
         assert_bits(
             &format!("add {len}"),
             &ok("dl", b.download_f32(&got)),
             &want,
         );
+    }
+    for (rows, n) in [(1, 1), (1, 255), (3, 257), (2, 1000), (7, 10001)] {
+        // Each row: n gates over the whole useful range of silu (plus ±0, a subnormal and
+        // +inf), then n ups.
+        let mut gate_up = Vec::with_capacity(rows * 2 * n);
+        for _ in 0..rows {
+            let mut gate = rng.f32s(n, 100.0);
+            gate[0] = f32::INFINITY;
+            if n > 2 {
+                gate[1] = -0.0;
+                gate[2] = 1e-40;
+            }
+            gate_up.extend(gate);
+            gate_up.extend(activations(&mut rng, n));
+        }
+        let want: Vec<f32> = gate_up
+            .chunks_exact(2 * n)
+            .flat_map(|row| {
+                let (gate, up) = row.split_at(n);
+                gate.iter()
+                    .zip(up)
+                    .map(|(&g, &u)| contract::mul_rn(contract::silu(g), u))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let got = ok(
+            "silu_mul",
+            b.silu_mul(&ok("gu", b.upload_f32(&gate_up)), rows, n),
+        );
+        assert_bits(
+            &format!("silu_mul {rows}×{n}"),
+            &ok("dl", b.download_f32(&got)),
+            &want,
+        );
+        assert!(b.silu_mul(&got, rows, n).is_err(), "shape checked");
+    }
+    for (rows, q, kv) in [(1, 4, 2), (3, 64, 16), (5, 33, 7), (2, 4096, 1024)] {
+        let row = q + 2 * kv;
+        let x = rng.f32s(rows * row, 10.0);
+        let (gq, gk, gv) = ok(
+            "split_qkv",
+            b.split_qkv(&ok("x", b.upload_f32(&x)), rows, q, kv),
+        );
+        for (name, got, start, width) in [("q", gq, 0, q), ("k", gk, q, kv), ("v", gv, q + kv, kv)]
+        {
+            let want: Vec<f32> = x
+                .chunks_exact(row)
+                .flat_map(|r| r[start..start + width].to_vec())
+                .collect();
+            assert_bits(
+                &format!("split_qkv {name} {rows}×{row}"),
+                &ok("dl", b.download_f32(&got)),
+                &want,
+            );
+        }
     }
     for (rows, n) in [(3, 7), (2, 257), (5, 1)] {
         let x = activations(&mut rng, rows * n);
@@ -211,6 +250,39 @@ fn elementwise<B: Backend>(b: &B) {
             &ok("dl", b.download_f32(&got)),
             &want,
         );
+    }
+}
+
+/// A matmul of a kernel's output (which a backend may hand over already rounded to bf16) equals
+/// the matmul of the same values uploaded from the host.
+fn matmul_of_kernel_outputs<B: Backend>(b: &B) {
+    let mut rng = Rng::new(12);
+    for (m, k, n) in [(1, 4096, 40), (3, 1000, 9), (12, 512, 70)] {
+        let x = activations(&mut rng, m * 2 * k);
+        let norm_weight = rng.bf16s(2 * k, 1.0);
+        let w = ok("w", b.upload_bf16(&rng.bf16s(n * k, 1.0)));
+        let tx = ok("x", b.upload_f32(&x));
+        let normed = ok(
+            "rms_norm",
+            b.rms_norm(&tx, &ok("nw", b.upload_bf16(&norm_weight)), m, 2 * k, 1e-6),
+        );
+        // As m rows of 2k, normed is also 2m rows of k; silu_mul makes m rows of k.
+        let act = ok("silu_mul", b.silu_mul(&normed, m, k));
+        for (name, produced, rows) in [("rms_norm", &normed, 2 * m), ("silu_mul", &act, m)] {
+            let shape = MatmulShape { m: rows, n, k };
+            let uploaded = ok("up", b.upload_f32(&ok("dl", b.download_f32(produced))));
+            let what = format!("matmul of {name} output, {rows}×{n}×{k}");
+            let f32s = |x: &B::Tensor| {
+                let t = ok("matmul", b.matmul(x, &w, shape, DType::F32));
+                ok("dl", b.download_f32(&t))
+            };
+            assert_bits(&what, &f32s(produced), &f32s(&uploaded));
+            let bf16s = |x: &B::Tensor| {
+                let t = ok("matmul", b.matmul(x, &w, shape, DType::Bf16));
+                ok("dl", b.download_bf16(&t))
+            };
+            assert_bits(&what, &bf16s(produced), &bf16s(&uploaded));
+        }
     }
 }
 
@@ -317,6 +389,7 @@ backend_tests!(
     rms_norm,
     rope,
     elementwise,
+    matmul_of_kernel_outputs,
     two_dimensional_grid,
     write_kv,
     argmax,

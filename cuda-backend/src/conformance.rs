@@ -362,11 +362,19 @@ pub fn check_elementwise<B: Backend>(dev: &B, cpu: &CpuBackend, rng: &mut Rng) -
             cpu.upload_f32(&a).map_err(err)?,
             cpu.upload_f32(&b).map_err(err)?,
         );
+        // One row: a's values as the gates, b's as the ups.
+        let gate_up = [a.as_slice(), b.as_slice()].concat();
         let got = dev
-            .download_f32(&dev.silu_mul(&da, &db).map_err(err)?)
+            .download_f32(
+                &dev.silu_mul(&dev.upload_f32(&gate_up).map_err(err)?, 1, n)
+                    .map_err(err)?,
+            )
             .map_err(err)?;
         let want = cpu
-            .download_f32(&cpu.silu_mul(&ca, &cb).map_err(err)?)
+            .download_f32(
+                &cpu.silu_mul(&cpu.upload_f32(&gate_up).map_err(err)?, 1, n)
+                    .map_err(err)?,
+            )
             .map_err(err)?;
         same_f32(&format!("silu_mul n {n}"), &got, &want)?;
         let got = dev

@@ -52,6 +52,10 @@ const SPLITKV_THREADS: u32 = 4 * 32;
 pub struct CudaTensor {
     buf: Buf,
     len: usize,
+    /// The bf16 rounding of an f32 tensor that feeds matmuls, written by the kernel that made
+    /// the tensor (rms_norm, silu_mul), so that matmuls need not round it again, once per
+    /// weight. Tensors are immutable once made, so the copy cannot go stale.
+    rounded: Option<CudaSlice<u16>>,
 }
 
 enum Buf {
@@ -213,7 +217,7 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
         ],
     ),
     ("rope", &["rope"]),
-    ("elementwise", &["silu_mul", "add", "add_bias"]),
+    ("elementwise", &["silu_mul", "split_qkv", "add", "add_bias"]),
     ("kv_write", &["write_kv"]),
     (
         "attention",
@@ -252,8 +256,16 @@ fn family_source(family: &str, arch: &str) -> Result<(String, CompileOptions)> {
         };
         return Ok((src.to_string(), opts));
     }
-    let src = sources::source(family)
+    let mut src = sources::source(family)
         .ok_or_else(|| Error::Device(format!("no CUDA kernel family {family}")))?;
+    if let Ok(defines) = std::env::var("DITTO_CUDA_DEFINES") {
+        let lines: String = defines
+            .split(',')
+            .filter_map(|d| d.split_once('='))
+            .map(|(k, v)| format!("#define {k} {v}\n"))
+            .collect();
+        src = lines + &src;
+    }
     // The contract: no contraction, no flush-to-zero, IEEE division and square root (the
     // kernels use neither, but nothing may be approximated behind their back).
     let opts = CompileOptions {
@@ -505,6 +517,7 @@ impl CudaBackend {
         Ok(CudaTensor {
             buf: Buf::F32(self.alloc_zeros(len)?),
             len,
+            rounded: None,
         })
     }
 
@@ -514,7 +527,20 @@ impl CudaBackend {
             // SAFETY: callers launch a kernel that writes every element before any read.
             buf: Buf::F32(unsafe { self.alloc_uninit(len)? }),
             len,
+            rounded: None,
         })
+    }
+
+    /// An f32 tensor and its bf16 rounding, for a kernel that writes all of both.
+    fn f32_output_rounded(&self, len: usize) -> Result<CudaTensor> {
+        // SAFETY: callers launch a kernel that writes every element of both before any read.
+        unsafe {
+            Ok(CudaTensor {
+                buf: Buf::F32(self.alloc_uninit(len)?),
+                len,
+                rounded: Some(self.alloc_uninit(len)?),
+            })
+        }
     }
 
     /// Uploads an index array (positions, slots, block tables, work lists), reusing the device
@@ -691,12 +717,12 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// `KernelMode::Default` matmul: activations rounded to bf16, then cuBLAS GEMM with bf16
-    /// inputs, f32 compute and the requested output type.
+    /// `KernelMode::Default` matmul: activations rounded to bf16 (`xb`), then cuBLAS GEMM with
+    /// bf16 inputs, f32 compute and the requested output type.
     fn matmul_cublas(
         &self,
         blas: &CudaBlas,
-        x: &CudaSlice<f32>,
+        xb: &CudaSlice<u16>,
         w: &CudaSlice<u16>,
         shape: MatmulShape,
         out: DType,
@@ -707,8 +733,6 @@ impl CudaBackend {
             i32::try_from(n).map_err(|_| Error::Input("matmul n exceeds i32".into()))?,
             i32::try_from(k).map_err(|_| Error::Input("matmul k exceeds i32".into()))?,
         );
-        let xb = self.round_to_bf16(x, m * k)?;
-
         let (alpha, beta) = (1.0f32, 0.0f32);
         // Row-major C[m,n] = X[m,k] W[n,k]^T is column-major C^T[n,m] = W^T X: W's buffer is a
         // column-major k×n matrix (transposed), X's a column-major k×m one.
@@ -763,6 +787,7 @@ impl CudaBackend {
         Ok(CudaTensor {
             buf: result,
             len: m * n,
+            rounded: None,
         })
     }
 
@@ -793,6 +818,7 @@ impl Backend for CudaBackend {
         Ok(CudaTensor {
             buf: Buf::F32(self.upload(data)?),
             len: data.len(),
+            rounded: None,
         })
     }
 
@@ -800,6 +826,7 @@ impl Backend for CudaBackend {
         Ok(CudaTensor {
             buf: Buf::Bf16(self.upload(bits)?),
             len: bits.len(),
+            rounded: None,
         })
     }
 
@@ -810,6 +837,7 @@ impl Backend for CudaBackend {
                 DType::Bf16 => Buf::Bf16(self.alloc_zeros(len)?),
             },
             len,
+            rounded: None,
         })
     }
 
@@ -858,7 +886,7 @@ impl Backend for CudaBackend {
     ) -> Result<CudaTensor> {
         expect_tensor(x, "rms_norm input", DType::F32, rows * dim)?;
         expect_tensor(weight, "rms_norm weight", DType::Bf16, dim)?;
-        let mut out = self.f32_output(rows * dim)?;
+        let mut out = self.f32_output_rounded(rows * dim)?;
         if rows * dim == 0 {
             return Ok(out);
         }
@@ -873,14 +901,15 @@ impl Backend for CudaBackend {
         let shared = if staged { staged_bytes } else { partials_bytes };
         let staged32 = staged as u32;
         let (dim32, inv_dim) = (u32_arg(dim, "dim")?, contract::rms_inv_dim(dim));
-        let Buf::F32(o) = &mut out.buf else {
-            unreachable!("f32_tensor is f32")
+        let (Buf::F32(ref mut o), Some(ref mut rounded)) = (&mut out.buf, &mut out.rounded) else {
+            unreachable!("f32_output_rounded is f32 with a rounding")
         };
         let f = self.func("rms_norm")?;
         let mut l = self.stream.launch_builder(f);
         l.arg(x.f32s("rms_norm")?)
             .arg(weight.bf16s("rms_norm weight")?)
             .arg(o)
+            .arg(rounded)
             .arg(&dim32)
             .arg(&eps)
             .arg(&inv_dim)
@@ -890,8 +919,9 @@ impl Backend for CudaBackend {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: shared as u32,
         };
-        // SAFETY: rms_norm(const float*, const unsigned short*, float*, unsigned int, float,
-        // float, unsigned int); x and out hold rows*dim elements, weight dim; one block per row
+        // SAFETY: rms_norm(const float*, const unsigned short*, float*, unsigned short*,
+        // unsigned int, float, float, unsigned int); x, out and rounded hold rows*dim elements,
+        // weight dim; one block per row
         // with one shared float per chunk, plus dim + chunks more when staged.
         unsafe { l.launch(cfg) }.map_err(device_err("rms_norm"))?;
         Ok(out)
@@ -915,8 +945,16 @@ impl Backend for CudaBackend {
             // An empty sum is +0.0 (bits 0 in f32 and in bf16).
             return self.zeros(out, m * n);
         }
+        let rounded_here;
+        let xb = match &x.rounded {
+            Some(r) => r,
+            None => {
+                rounded_here = self.round_to_bf16(xs, m * k)?;
+                &rounded_here
+            }
+        };
         if let (KernelMode::Default, Some(blas)) = (self.mode, &self.blas) {
-            return self.matmul_cublas(blas, xs, ws, shape, out);
+            return self.matmul_cublas(blas, xb, ws, shape, out);
         }
         // SAFETY: each path below writes all m*n outputs.
         let mut result = unsafe {
@@ -925,7 +963,6 @@ impl Backend for CudaBackend {
                 DType::Bf16 => Buf::Bf16(self.alloc_uninit::<u16>(m * n)?),
             }
         };
-        let xb = self.round_to_bf16(xs, m * k)?;
         if m <= GEMV_MAX_ROWS {
             self.matmul_gemv(&xb, ws, &mut result, m, n, k)?;
         } else {
@@ -934,6 +971,7 @@ impl Backend for CudaBackend {
         Ok(CudaTensor {
             buf: result,
             len: m * n,
+            rounded: None,
         })
     }
 
@@ -977,8 +1015,61 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
-    fn silu_mul(&self, gate: &CudaTensor, up: &CudaTensor) -> Result<CudaTensor> {
-        self.binary("silu_mul", gate, up)
+    fn silu_mul(&self, gate_up: &CudaTensor, rows: usize, n: usize) -> Result<CudaTensor> {
+        expect_tensor(gate_up, "silu_mul input", DType::F32, rows * 2 * n)?;
+        let mut out = self.f32_output_rounded(rows * n)?;
+        if rows * n == 0 {
+            return Ok(out);
+        }
+        let (len, n32) = ((rows * n) as u64, u32_arg(n, "silu_mul n")?);
+        let (Buf::F32(ref mut o), Some(ref mut rounded)) = (&mut out.buf, &mut out.rounded) else {
+            unreachable!("f32_output_rounded is f32 with a rounding")
+        };
+        let f = self.func("silu_mul")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(gate_up.f32s("silu_mul")?)
+            .arg(o)
+            .arg(rounded)
+            .arg(&len)
+            .arg(&n32);
+        // SAFETY: silu_mul(const float*, float*, unsigned short*, unsigned long long len,
+        // unsigned int n); the input holds 2*len elements (checked), out and rounded len.
+        unsafe { l.launch(grid_1d(rows * n)?) }.map_err(device_err("silu_mul"))?;
+        Ok(out)
+    }
+
+    fn split_qkv(
+        &self,
+        qkv: &CudaTensor,
+        rows: usize,
+        q: usize,
+        kv: usize,
+    ) -> Result<(CudaTensor, CudaTensor, CudaTensor)> {
+        let len = rows * (q + 2 * kv);
+        expect_tensor(qkv, "split_qkv input", DType::F32, len)?;
+        let mut qt = self.f32_output(rows * q)?;
+        let mut kt = self.f32_output(rows * kv)?;
+        let mut vt = self.f32_output(rows * kv)?;
+        if len == 0 {
+            return Ok((qt, kt, vt));
+        }
+        let (len64, q32, kv32) = (len as u64, u32_arg(q, "q")?, u32_arg(kv, "kv")?);
+        u32_arg(q + 2 * kv, "q/k/v row")?;
+        let f = self.func("split_qkv")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(qkv.f32s("split_qkv")?);
+        for t in [&mut qt, &mut kt, &mut vt] {
+            let Buf::F32(o) = &mut t.buf else {
+                unreachable!("f32_output is f32")
+            };
+            l.arg(o);
+        }
+        l.arg(&len64).arg(&q32).arg(&kv32);
+        // SAFETY: split_qkv(const float*, float* q, float* k, float* v, unsigned long long len,
+        // unsigned int q_len, kv_len); the input holds len = rows*(q+2kv) elements (checked),
+        // q rows*q, k and v rows*kv.
+        unsafe { l.launch(grid_1d(len)?) }.map_err(device_err("split_qkv"))?;
+        Ok((qt, kt, vt))
     }
 
     fn add(&self, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
@@ -1320,7 +1411,7 @@ impl Backend for CudaBackend {
 }
 
 impl CudaBackend {
-    /// silu_mul and add: two f32 tensors of one length in, one out.
+    /// add: two f32 tensors of one length in, one out.
     fn binary(&self, name: &str, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
         let (sa, sb) = (a.f32s(name)?, b.f32s(name)?);
         if a.len != b.len {
@@ -1337,7 +1428,7 @@ impl CudaBackend {
         let f = self.func(name)?;
         let mut l = self.stream.launch_builder(f);
         l.arg(sa).arg(sb).arg(o).arg(&len);
-        // SAFETY: silu_mul/add(const float*, const float*, float*, unsigned long long); all
+        // SAFETY: add(const float*, const float*, float*, unsigned long long); all
         // three buffers hold len elements.
         unsafe { l.launch(grid_1d(a.len)?) }.map_err(device_err(name))?;
         Ok(out)

@@ -127,8 +127,19 @@ pub trait Backend {
         head_dim: usize,
     ) -> Result<Self::Tensor>;
 
-    /// `silu(gate) · up`, elementwise, f32.
-    fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `silu(gate) · up` for the fused gate/up projection: f32 `gate_up` `[rows, 2n]` holds
+    /// each row's gate (first `n`) then its up values; f32 `[rows, n]` out.
+    fn silu_mul(&self, gate_up: &Self::Tensor, rows: usize, n: usize) -> Result<Self::Tensor>;
+
+    /// Splits the fused q/k/v projection, f32 `[rows, q + 2 kv]`, into q `[rows, q]`, k and v
+    /// `[rows, kv]` (a copy: the values are unchanged).
+    fn split_qkv(
+        &self,
+        qkv: &Self::Tensor,
+        rows: usize,
+        q: usize,
+        kv: usize,
+    ) -> Result<(Self::Tensor, Self::Tensor, Self::Tensor)>;
 
     /// `a + b`, elementwise, f32 (the residual connection).
     fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;

@@ -227,19 +227,43 @@ impl Backend for CpuBackend {
         Ok(CpuTensor::F32(out))
     }
 
-    fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {
-        let (g, u) = (gate.f32s("silu_mul gate")?, up.f32s("silu_mul up")?);
-        if g.len() != u.len() {
-            return Err(Error::Input(
-                "silu_mul: gate and up differ in length".into(),
-            ));
+    fn silu_mul(&self, gate_up: &CpuTensor, rows: usize, n: usize) -> Result<CpuTensor> {
+        expect_tensor(gate_up, "silu_mul input", DType::F32, rows * 2 * n)?;
+        let x = gate_up.f32s("silu_mul")?;
+        let mut out = Vec::with_capacity(rows * n);
+        for row in x.chunks_exact(2 * n.max(1)).take(rows) {
+            let (gate, up) = row.split_at(n);
+            out.extend(
+                gate.iter()
+                    .zip(up)
+                    .map(|(&g, &u)| contract::mul_rn(contract::silu(g), u)),
+            );
         }
-        Ok(CpuTensor::F32(
-            g.iter()
-                .zip(u)
-                .map(|(&g, &u)| contract::mul_rn(contract::silu(g), u))
-                .collect(),
-        ))
+        Ok(CpuTensor::F32(out))
+    }
+
+    fn split_qkv(
+        &self,
+        qkv: &CpuTensor,
+        rows: usize,
+        q: usize,
+        kv: usize,
+    ) -> Result<(CpuTensor, CpuTensor, CpuTensor)> {
+        let row_len = q + 2 * kv;
+        expect_tensor(qkv, "split_qkv input", DType::F32, rows * row_len)?;
+        let x = qkv.f32s("split_qkv")?;
+        let (mut qs, mut ks, mut vs) = (
+            Vec::with_capacity(rows * q),
+            Vec::with_capacity(rows * kv),
+            Vec::with_capacity(rows * kv),
+        );
+        for r in 0..rows {
+            let row = &x[r * row_len..(r + 1) * row_len];
+            qs.extend_from_slice(&row[..q]);
+            ks.extend_from_slice(&row[q..q + kv]);
+            vs.extend_from_slice(&row[q + kv..]);
+        }
+        Ok((CpuTensor::F32(qs), CpuTensor::F32(ks), CpuTensor::F32(vs)))
     }
 
     fn add(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {

@@ -653,8 +653,8 @@ mod tests {
         assert_eq!(s.running(), 2);
         let pages_b = s.cache.block_table(s.running[1].seq).unwrap().len();
 
-        // Seven matmuls a layer: the ninth is layer 1's k projection.
-        g.model().backend().fail_matmul(8);
+        // Four matmuls a layer: the fifth is layer 1's fused q/k/v projection.
+        g.model().backend().fail_matmul(4);
         let events = s.step().unwrap();
         assert_eq!(
             events,

@@ -437,8 +437,17 @@ impl<B: Backend> Backend for FailingBackend<B> {
     ) -> Result<Self::Tensor> {
         self.inner.rope(x, positions, tables, heads, head_dim)
     }
-    fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor> {
-        self.inner.silu_mul(gate, up)
+    fn silu_mul(&self, gate_up: &Self::Tensor, rows: usize, n: usize) -> Result<Self::Tensor> {
+        self.inner.silu_mul(gate_up, rows, n)
+    }
+    fn split_qkv(
+        &self,
+        qkv: &Self::Tensor,
+        rows: usize,
+        q: usize,
+        kv: usize,
+    ) -> Result<(Self::Tensor, Self::Tensor, Self::Tensor)> {
+        self.inner.split_qkv(qkv, rows, q, kv)
     }
     fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
         self.inner.add(a, b)

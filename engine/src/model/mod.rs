@@ -51,16 +51,18 @@ impl Logits {
 struct Layer<T> {
     input_norm: T,
     post_attention_norm: T,
-    q: T,
-    k: T,
-    v: T,
+    /// The q, k and v projections stacked into one `[q + 2 kv, hidden]` weight, so that one
+    /// matmul reads them (the contract computes each output column alone, so stacking changes
+    /// no bits).
+    qkv: T,
     o: T,
-    /// Qwen2's q/k/v biases (used for any architecture whose checkpoint has them).
-    qkv_bias: Option<(T, T, T)>,
+    /// Qwen2's q/k/v biases, stacked as `qkv` is (used for any architecture whose checkpoint
+    /// has them).
+    qkv_bias: Option<T>,
     /// Qwen3's per-head RMSNorm weights of q and k.
     qk_norm: Option<(T, T)>,
-    gate: T,
-    up: T,
+    /// The gate and up projections stacked into one `[2 intermediate, hidden]` weight.
+    gate_up: T,
     down: T,
 }
 
@@ -142,21 +144,28 @@ struct WeightSource<'a, B: Backend> {
 
 impl<B: Backend> WeightSource<'_, B> {
     fn get(&self, name: &str, shape: &[usize]) -> Result<B::Tensor> {
-        let t = self
+        self.backend.upload_bf16(self.checked(name, shape)?)
+    }
+
+    /// Several row-major tensors stacked along their first dimension, as one upload.
+    fn stacked(&self, parts: &[(&str, &[usize])]) -> Result<B::Tensor> {
+        let mut data = Vec::new();
+        for (name, shape) in parts {
+            data.extend_from_slice(self.checked(name, shape)?);
+        }
+        self.backend.upload_bf16(&data)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// The bf16 bits of tensor `name`, checked to have `shape`.
+    fn checked(&self, name: &str, shape: &[usize]) -> Result<&[u16]> {
+        let t: &HostTensor = self
             .tensors
             .get(name)
             .ok_or_else(|| Error::Format(format!("missing tensor {name}")))?;
-        self.upload(name, t, shape)
-    }
-
-    fn optional(&self, name: &str, shape: &[usize]) -> Result<Option<B::Tensor>> {
-        match self.tensors.get(name) {
-            None => Ok(None),
-            Some(t) => self.upload(name, t, shape).map(Some),
-        }
-    }
-
-    fn upload(&self, name: &str, t: &HostTensor, shape: &[usize]) -> Result<B::Tensor> {
         if t.shape != shape {
             return Err(Error::Format(format!(
                 "tensor {name} has shape {:?}, expected {shape:?}",
@@ -169,7 +178,7 @@ impl<B: Backend> WeightSource<'_, B> {
                 t.data.len()
             )));
         }
-        self.backend.upload_bf16(&t.data)
+        Ok(&t.data)
     }
 }
 
@@ -208,11 +217,16 @@ impl<B: Backend> Model<B> {
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
             let p = format!("model.layers.{l}");
-            let bias =
-                |n: &str, len: usize| src.optional(&format!("{p}.self_attn.{n}_proj.bias"), &[len]);
-            let qkv_bias = match (bias("q", q_out)?, bias("k", kv_out)?, bias("v", kv_out)?) {
-                (Some(q), Some(k), Some(v)) => Some((q, k, v)),
-                (None, None, None) if c.architecture != Architecture::Qwen2 => None,
+            let attn = |n: &str| format!("{p}.self_attn.{n}");
+            let (q_name, k_name, v_name) = (attn("q_proj"), attn("k_proj"), attn("v_proj"));
+            let bias = |n: &str| format!("{n}.bias");
+            let qkv_bias = match [&q_name, &k_name, &v_name].map(|n| src.has(&bias(n))) {
+                [true, true, true] => Some(src.stacked(&[
+                    (&bias(&q_name), &[q_out]),
+                    (&bias(&k_name), &[kv_out]),
+                    (&bias(&v_name), &[kv_out]),
+                ])?),
+                [false, false, false] if c.architecture != Architecture::Qwen2 => None,
                 _ => {
                     return Err(Error::Format(format!(
                         "layer {l}: q/k/v projection biases missing or incomplete"
@@ -221,25 +235,28 @@ impl<B: Backend> Model<B> {
             };
             let qk_norm = if c.architecture == Architecture::Qwen3 {
                 Some((
-                    src.get(&format!("{p}.self_attn.q_norm.weight"), &[hd])?,
-                    src.get(&format!("{p}.self_attn.k_norm.weight"), &[hd])?,
+                    src.get(&attn("q_norm.weight"), &[hd])?,
+                    src.get(&attn("k_norm.weight"), &[hd])?,
                 ))
             } else {
                 None
             };
+            let weight = |n: &String| format!("{n}.weight");
+            let mlp = |n: &str| format!("{p}.mlp.{n}_proj.weight");
             layers.push(Layer {
                 input_norm: src.get(&format!("{p}.input_layernorm.weight"), &[h])?,
                 post_attention_norm: src
                     .get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                q: src.get(&format!("{p}.self_attn.q_proj.weight"), &[q_out, h])?,
-                k: src.get(&format!("{p}.self_attn.k_proj.weight"), &[kv_out, h])?,
-                v: src.get(&format!("{p}.self_attn.v_proj.weight"), &[kv_out, h])?,
-                o: src.get(&format!("{p}.self_attn.o_proj.weight"), &[h, q_out])?,
+                qkv: src.stacked(&[
+                    (&weight(&q_name), &[q_out, h]),
+                    (&weight(&k_name), &[kv_out, h]),
+                    (&weight(&v_name), &[kv_out, h]),
+                ])?,
+                o: src.get(&attn("o_proj.weight"), &[h, q_out])?,
                 qkv_bias,
                 qk_norm,
-                gate: src.get(&format!("{p}.mlp.gate_proj.weight"), &[i, h])?,
-                up: src.get(&format!("{p}.mlp.up_proj.weight"), &[i, h])?,
-                down: src.get(&format!("{p}.mlp.down_proj.weight"), &[h, i])?,
+                gate_up: src.stacked(&[(&mlp("gate"), &[i, h]), (&mlp("up"), &[i, h])])?,
+                down: src.get(&mlp("down"), &[h, i])?,
             });
         }
         let (cos, sin) = contract::rope_tables(&c.rope_inv_freq(), context);
@@ -370,14 +387,12 @@ impl<B: Backend> Model<B> {
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention block.
             let normed = b.rms_norm(&x, &layer.input_norm, t, h, eps)?;
-            let mut q = mm(&normed, &layer.q, q_out, h)?;
-            let mut k = mm(&normed, &layer.k, kv_out, h)?;
-            let mut v = mm(&normed, &layer.v, kv_out, h)?;
-            if let Some((qb, kb, vb)) = &layer.qkv_bias {
-                q = b.add_bias(&q, qb, t, q_out)?;
-                k = b.add_bias(&k, kb, t, kv_out)?;
-                v = b.add_bias(&v, vb, t, kv_out)?;
+            let qkv_out = q_out + 2 * kv_out;
+            let mut qkv = mm(&normed, &layer.qkv, qkv_out, h)?;
+            if let Some(bias) = &layer.qkv_bias {
+                qkv = b.add_bias(&qkv, bias, t, qkv_out)?;
             }
+            let (mut q, mut k, v) = b.split_qkv(&qkv, t, q_out, kv_out)?;
             if let Some((qn, kn)) = &layer.qk_norm {
                 // Each head is one row of head_dim values.
                 q = b.rms_norm(&q, qn, t * heads, hd, eps)?;
@@ -396,9 +411,8 @@ impl<B: Backend> Model<B> {
             // MLP block.
             let normed = b.rms_norm(&x, &layer.post_attention_norm, t, h, eps)?;
             let i = c.intermediate_size;
-            let gate = mm(&normed, &layer.gate, i, h)?;
-            let up = mm(&normed, &layer.up, i, h)?;
-            let act = b.silu_mul(&gate, &up)?;
+            let gate_up = mm(&normed, &layer.gate_up, 2 * i, h)?;
+            let act = b.silu_mul(&gate_up, t, i)?;
             let down = mm(&act, &layer.down, h, i)?;
             x = b.add(&x, &down)?;
         }

@@ -713,7 +713,7 @@ impl WgpuBackend {
         self.run(
             "elementwise",
             "pack_bf16",
-            &[u32_of(len, "pack_bf16")?, 0],
+            &elementwise_params("pack_bf16", len, &[])?,
             &[(1, &x.buffer), (5, &packed.buffer)],
             self.groups(len.div_ceil(2).div_ceil(ELEMENTWISE_THREADS))?,
             false,
@@ -721,11 +721,13 @@ impl WgpuBackend {
         Ok(packed)
     }
 
+    /// An elementwise kernel with an f32 output of `len` elements; `params` follow `len` in
+    /// the kernel's parameter block.
     fn elementwise(
         &self,
         entry: &'static str,
         len: usize,
-        n: usize,
+        params: &[usize],
         inputs: &[(u32, &wgpu::Buffer)],
     ) -> Result<WgpuTensor> {
         let out = self.f32_tensor(len, entry)?;
@@ -734,13 +736,25 @@ impl WgpuBackend {
         self.run(
             "elementwise",
             entry,
-            &[u32_of(len, entry)?, u32_of(n, entry)?],
+            &elementwise_params(entry, len, params)?,
             &buffers,
             self.groups(len.div_ceil(ELEMENTWISE_THREADS))?,
             false,
         )?;
         Ok(out)
     }
+}
+
+/// The parameter block of elementwise.wgsl after `opaque_zero`: `len`, then `params`, padded to
+/// the block's full size (every dispatch of one shader binds the same size).
+fn elementwise_params(entry: &str, len: usize, params: &[usize]) -> Result<Vec<u32>> {
+    const WORDS: usize = 7;
+    let mut words = vec![u32_of(len, entry)?];
+    for &p in params {
+        words.push(u32_of(p, entry)?);
+    }
+    words.resize(WORDS, 0);
+    Ok(words)
 }
 
 /// A size as the u32 the kernels index with, or an error if it does not fit.
@@ -981,21 +995,35 @@ impl Backend for WgpuBackend {
         Ok(out)
     }
 
-    fn silu_mul(&self, gate: &WgpuTensor, up: &WgpuTensor) -> Result<WgpuTensor> {
-        expect_dtype(gate, "silu_mul gate", DType::F32)?;
-        expect_tensor(up, "silu_mul up", DType::F32, gate.len)?;
-        self.elementwise(
-            "silu_mul",
-            gate.len,
-            0,
-            &[(1, &gate.buffer), (2, &up.buffer)],
-        )
+    fn silu_mul(&self, gate_up: &WgpuTensor, rows: usize, n: usize) -> Result<WgpuTensor> {
+        expect_tensor(gate_up, "silu_mul input", DType::F32, rows * 2 * n)?;
+        self.elementwise("silu_mul", rows * n, &[n], &[(1, &gate_up.buffer)])
+    }
+
+    fn split_qkv(
+        &self,
+        qkv: &WgpuTensor,
+        rows: usize,
+        q: usize,
+        kv: usize,
+    ) -> Result<(WgpuTensor, WgpuTensor, WgpuTensor)> {
+        let row = q + 2 * kv;
+        expect_tensor(qkv, "split_qkv input", DType::F32, rows * row)?;
+        let part = |start: usize, width: usize| {
+            self.elementwise(
+                "copy_columns",
+                rows * width,
+                &[width, row, start],
+                &[(1, &qkv.buffer)],
+            )
+        };
+        Ok((part(0, q)?, part(q, kv)?, part(q + kv, kv)?))
     }
 
     fn add(&self, a: &WgpuTensor, b: &WgpuTensor) -> Result<WgpuTensor> {
         expect_dtype(a, "add", DType::F32)?;
         expect_tensor(b, "add", DType::F32, a.len)?;
-        self.elementwise("add", a.len, 0, &[(1, &a.buffer), (2, &b.buffer)])
+        self.elementwise("add", a.len, &[0], &[(1, &a.buffer), (2, &b.buffer)])
     }
 
     fn add_bias(
@@ -1010,7 +1038,7 @@ impl Backend for WgpuBackend {
         self.elementwise(
             "add_bias",
             rows * n,
-            n,
+            &[n],
             &[(1, &x.buffer), (3, &bias.buffer)],
         )
     }
