@@ -5,7 +5,7 @@
 mod common;
 
 use common::{assert_bits, ok, reference_matmul, Rng};
-use ditto::engine::{Backend, DType, MatmulShape, RopeTables};
+use ditto::engine::{AttentionInputs, Backend, DType, MatmulShape, RopeTables};
 use ditto::shaders::contract;
 
 /// Activations with a sprinkling of values that round to zero, ±0 and large magnitudes, so the
@@ -119,6 +119,147 @@ fn rms_norm<B: Backend>(b: &B) {
             &ok("dl", b.download_f32(&got)),
             &want,
         );
+    }
+}
+
+/// The residual add fused with the next RMSNorm gives the bits of the two separate steps.
+fn add_rms_norm<B: Backend>(b: &B) {
+    let mut rng = Rng::new(13);
+    for (rows, dim) in [(1, 4096), (3, 576), (2, 257), (5, 12289)] {
+        let x = activations(&mut rng, rows * dim);
+        let y = activations(&mut rng, rows * dim);
+        let w = rng.bf16s(dim, 2.0);
+        let wf: Vec<f32> = w.iter().map(|&v| contract::bf16_to_f32(v)).collect();
+        let sum: Vec<f32> = x.iter().zip(&y).map(|(&a, &c)| a + c).collect();
+        let mut want = vec![0.0; rows * dim];
+        for r in 0..rows {
+            let range = r * dim..(r + 1) * dim;
+            contract::rms_norm_row(&sum[range.clone()], &wf, 1e-6, &mut want[range]);
+        }
+        let (got_sum, got) = ok(
+            "add_rms_norm",
+            b.add_rms_norm(
+                &ok("x", b.upload_f32(&x)),
+                &ok("y", b.upload_f32(&y)),
+                &ok("w", b.upload_bf16(&w)),
+                rows,
+                dim,
+                1e-6,
+            ),
+        );
+        let what = format!("add_rms_norm {rows}×{dim}");
+        assert_bits(&what, &ok("dl", b.download_f32(&got_sum)), &sum);
+        assert_bits(&what, &ok("dl", b.download_f32(&got)), &want);
+    }
+}
+
+/// The fused path from the q/k/v projection to attention's inputs (split, Qwen3's q/k norm,
+/// rotary embedding, the cache writes) against the contract's functions step by step,
+/// including a slot written twice in one call (the later row wins) and slots left alone.
+fn attention_inputs<B: Backend>(b: &B) {
+    let mut rng = Rng::new(14);
+    for (heads, kv_heads, head_dim, rows, with_norm) in [
+        (4, 2, 64, 3, true),
+        (4, 2, 64, 3, false),
+        (32, 8, 128, 1, true),
+        (6, 3, 6, 5, true),
+        (2, 1, 512, 2, true),
+    ] {
+        let half = head_dim / 2;
+        let table_positions = 40;
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / head_dim as f64))
+            .collect();
+        let (cos, sin) = contract::rope_tables(&inv_freq, table_positions);
+        let (q_len, kv_len) = (heads * head_dim, kv_heads * head_dim);
+        let row_len = q_len + 2 * kv_len;
+        let qkv = activations(&mut rng, rows * row_len);
+        let positions: Vec<u32> = (0..rows)
+            .map(|_| rng.below(table_positions) as u32)
+            .collect();
+        let slots_in_cache = 2 * rows + 1;
+        let mut slots: Vec<u32> = (0..rows).map(|i| (2 * i + 1) as u32).collect();
+        // A slot named twice: cpu and cuda keep the later row; wgpu refuses the call.
+        let repeated_slot = rows > 2;
+        if repeated_slot {
+            slots[2] = slots[0];
+        }
+        let (q_norm, k_norm) = (rng.bf16s(head_dim, 2.0), rng.bf16s(head_dim, 2.0));
+        let k_init = rng.bf16s(slots_in_cache * kv_len, 1.0);
+        let v_init = rng.bf16s(slots_in_cache * kv_len, 1.0);
+
+        // The reference, one head row at a time.
+        let head = |row: &[f32], norm: &[u16], p: u32| -> Vec<f32> {
+            let mut x = row.to_vec();
+            if with_norm {
+                let wf: Vec<f32> = norm.iter().map(|&v| contract::bf16_to_f32(v)).collect();
+                contract::rms_norm_row(row, &wf, 1e-6, &mut x);
+            }
+            let at = p as usize * half;
+            let mut out = vec![0.0; head_dim];
+            contract::rope_head(&x, &cos[at..at + half], &sin[at..at + half], &mut out);
+            out
+        };
+        let mut q_want = Vec::new();
+        let (mut k_want, mut v_want) = (k_init.clone(), v_init.clone());
+        for r in 0..rows {
+            let row = &qkv[r * row_len..(r + 1) * row_len];
+            for h in 0..heads {
+                q_want.extend(head(
+                    &row[h * head_dim..][..head_dim],
+                    &q_norm,
+                    positions[r],
+                ));
+            }
+            let slot = slots[r] as usize * kv_len;
+            for h in 0..kv_heads {
+                let k = head(
+                    &row[q_len + h * head_dim..][..head_dim],
+                    &k_norm,
+                    positions[r],
+                );
+                let v = &row[q_len + kv_len + h * head_dim..][..head_dim];
+                for d in 0..head_dim {
+                    k_want[slot + h * head_dim + d] = contract::round_bf16_bits(k[d]);
+                    v_want[slot + h * head_dim + d] = contract::round_bf16_bits(v[d]);
+                }
+            }
+        }
+
+        let tables = RopeTables {
+            cos: ok("cos", b.upload_f32(&cos)),
+            sin: ok("sin", b.upload_f32(&sin)),
+            positions: table_positions,
+            half_dim: half,
+        };
+        let (tqn, tkn) = (
+            ok("qn", b.upload_bf16(&q_norm)),
+            ok("kn", b.upload_bf16(&k_norm)),
+        );
+        let (mut kc, mut vc) = (
+            ok("kc", b.upload_bf16(&k_init)),
+            ok("vc", b.upload_bf16(&v_init)),
+        );
+        let inputs = AttentionInputs {
+            qk_norm: with_norm.then_some((&tqn, &tkn, 1e-6)),
+            positions: &positions,
+            slots: &slots,
+            tables: &tables,
+            heads,
+            kv_heads,
+            head_dim,
+        };
+        let q = match b.attention_inputs(&ok("qkv", b.upload_f32(&qkv)), &mut kc, &mut vc, &inputs)
+        {
+            Err(e) if repeated_slot && e.to_string().contains("twice") => continue,
+            r => ok("attention_inputs", r),
+        };
+        let what = format!(
+            "attention_inputs h{heads}/{kv_heads} d{head_dim} rows {rows} norm {with_norm}"
+        );
+        assert_bits(&what, &ok("dl", b.download_f32(&q)), &q_want);
+        assert_bits(&what, &ok("dl", b.download_bf16(&kc)), &k_want);
+        assert_bits(&what, &ok("dl", b.download_bf16(&vc)), &v_want);
     }
 }
 
@@ -387,7 +528,9 @@ backend_tests!(
     matmul_rejects_bad_shapes,
     embedding,
     rms_norm,
+    add_rms_norm,
     rope,
+    attention_inputs,
     elementwise,
     matmul_of_kernel_outputs,
     two_dimensional_grid,

@@ -22,7 +22,8 @@ use cudarc::driver::{
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use ditto_engine::backend::{check_attention, check_rope, expect_tensor, Tensor};
 use ditto_engine::{
-    AttnGeometry, AttnSeq, Backend, DType, Error, KernelMode, MatmulShape, Result, RopeTables,
+    AttentionInputs, AttnGeometry, AttnSeq, Backend, DType, Error, KernelMode, MatmulShape, Result,
+    RopeTables,
 };
 use ditto_shaders::contract::{self, ATTN_BLOCK, DOT_CHUNK};
 use ditto_shaders::{cuda as sources, ProbeOp};
@@ -37,6 +38,8 @@ const GEMV_MAX_ROWS: usize = 8;
 const SHARED_BYTES: usize = 48 * 1024;
 /// Index arrays whose device copies are kept for reuse (see `upload_indices`).
 const RECENT_INDEX_UPLOADS: usize = 8;
+/// Mirrors `ATTN_INPUTS_SKIP` in attention_inputs.cu.
+const ATTN_INPUTS_SKIP: u32 = u32::MAX;
 /// Mirrors `GEMV_THREADS` in matmul.cu.
 const GEMV_THREADS: u32 = 256;
 /// Mirrors `TILE_M`/`TILE_N` in matmul.cu.
@@ -217,6 +220,7 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
         ],
     ),
     ("rope", &["rope"]),
+    ("attention_inputs", &["attention_inputs"]),
     ("elementwise", &["silu_mul", "split_qkv", "add", "add_bias"]),
     ("kv_write", &["write_kv"]),
     (
@@ -600,6 +604,81 @@ impl CudaBackend {
         Ok(xb)
     }
 
+    /// RMSNorm of each row of `x`, or of `x + residual` (returned too) when a residual is given.
+    fn rms_norm_launch(
+        &self,
+        x: &CudaTensor,
+        residual: Option<&CudaTensor>,
+        weight: &CudaTensor,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<(Option<CudaTensor>, CudaTensor)> {
+        expect_tensor(x, "rms_norm input", DType::F32, rows * dim)?;
+        expect_tensor(weight, "rms_norm weight", DType::Bf16, dim)?;
+        let mut sum = match residual {
+            Some(r) => {
+                expect_tensor(r, "residual", DType::F32, rows * dim)?;
+                Some(self.f32_output(rows * dim)?)
+            }
+            None => None,
+        };
+        let mut out = self.f32_output_rounded(rows * dim)?;
+        if rows * dim == 0 {
+            return Ok((sum, out));
+        }
+        let chunks = dim.div_ceil(DOT_CHUNK);
+        let partials_bytes = chunks * 4;
+        if partials_bytes > SHARED_BYTES {
+            return Err(Error::Unsupported(format!("rms_norm of dim {dim}")));
+        }
+        // The row's staged copy (one spare word per chunk), where it fits.
+        let staged_bytes = partials_bytes + (dim + chunks) * 4;
+        let staged = staged_bytes <= SHARED_BYTES;
+        let shared = if staged { staged_bytes } else { partials_bytes };
+        let staged32 = staged as u32;
+        let (dim32, inv_dim) = (u32_arg(dim, "dim")?, contract::rms_inv_dim(dim));
+        let (Buf::F32(ref mut o), Some(ref mut rounded)) = (&mut out.buf, &mut out.rounded) else {
+            unreachable!("f32_output_rounded is f32 with a rounding")
+        };
+        let null_pointer = 0u64;
+        let f = self.func("rms_norm")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(x.f32s("rms_norm")?);
+        match (residual, &mut sum) {
+            (
+                Some(r),
+                Some(CudaTensor {
+                    buf: Buf::F32(s), ..
+                }),
+            ) => {
+                l.arg(r.f32s("residual")?).arg(s);
+            }
+            _ => {
+                l.arg(&null_pointer).arg(&null_pointer);
+            }
+        }
+        l.arg(weight.bf16s("rms_norm weight")?)
+            .arg(o)
+            .arg(rounded)
+            .arg(&dim32)
+            .arg(&eps)
+            .arg(&inv_dim)
+            .arg(&staged32);
+        let cfg = LaunchConfig {
+            grid_dim: (u32_arg(rows, "rows")?, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: shared as u32,
+        };
+        // SAFETY: rms_norm(const float* x, const float* residual, float* sum_out, const unsigned
+        // short* weight, float* out, unsigned short* rounded, unsigned int dim, float eps,
+        // inv_dim, unsigned int staged); residual and sum_out are both null (never read or
+        // written) or both rows*dim long, as are x, out and rounded; weight holds dim; one
+        // block per row with one shared float per chunk, plus dim + chunks more when staged.
+        unsafe { l.launch(cfg) }.map_err(device_err("rms_norm"))?;
+        Ok((sum, out))
+    }
+
     /// Invariant matmul of at most `GEMV_MAX_ROWS` rows: `xb` (bf16 `[m, k]`) times `w` (bf16
     /// `[n, k]`) into `out` (`[m, n]`).
     fn matmul_gemv(
@@ -884,47 +963,144 @@ impl Backend for CudaBackend {
         dim: usize,
         eps: f32,
     ) -> Result<CudaTensor> {
-        expect_tensor(x, "rms_norm input", DType::F32, rows * dim)?;
-        expect_tensor(weight, "rms_norm weight", DType::Bf16, dim)?;
-        let mut out = self.f32_output_rounded(rows * dim)?;
-        if rows * dim == 0 {
-            return Ok(out);
+        Ok(self.rms_norm_launch(x, None, weight, rows, dim, eps)?.1)
+    }
+
+    fn add_rms_norm(
+        &self,
+        a: &CudaTensor,
+        b: &CudaTensor,
+        weight: &CudaTensor,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<(CudaTensor, CudaTensor)> {
+        let (sum, normed) = self.rms_norm_launch(a, Some(b), weight, rows, dim, eps)?;
+        let sum = sum.ok_or_else(|| Error::Device("add_rms_norm: no sum".into()))?;
+        Ok((sum, normed))
+    }
+
+    fn attention_inputs(
+        &self,
+        qkv: &CudaTensor,
+        k_cache: &mut CudaTensor,
+        v_cache: &mut CudaTensor,
+        a: &AttentionInputs<CudaTensor>,
+    ) -> Result<CudaTensor> {
+        let rows = a.positions.len();
+        let (heads, kv_heads, head_dim) = (a.heads, a.kv_heads, a.head_dim);
+        let (q_len, kv_len) = (heads * head_dim, kv_heads * head_dim);
+        expect_tensor(
+            qkv,
+            "attention_inputs q/k/v",
+            DType::F32,
+            rows * (q_len + 2 * kv_len),
+        )?;
+        // The checks of the separate kernels: rope's tables and positions, the caches' slots.
+        let mut q = self.f32_output(rows * q_len)?;
+        check_rope(&q, a.positions, a.tables, heads, head_dim)?;
+        if a.slots.len() != rows {
+            return Err(Error::Input(format!(
+                "attention_inputs: {} slots for {rows} rows",
+                a.slots.len()
+            )));
         }
-        let chunks = dim.div_ceil(DOT_CHUNK);
-        let partials_bytes = chunks * 4;
-        if partials_bytes > SHARED_BYTES {
-            return Err(Error::Unsupported(format!("rms_norm of dim {dim}")));
+        for cache in [&*k_cache, &*v_cache] {
+            if cache.dtype() != DType::Bf16 {
+                return Err(Error::Input("attention_inputs: cache not bf16".into()));
+            }
+            let slots_in_cache = cache.len / kv_len.max(1);
+            if let Some(s) = a.slots.iter().find(|&&s| s as usize >= slots_in_cache) {
+                return Err(Error::Input(format!(
+                    "attention_inputs: slot {s} past the cache's {slots_in_cache} slots"
+                )));
+            }
         }
-        // The row's staged copy (one spare word per chunk), where it fits.
-        let staged_bytes = partials_bytes + (dim + chunks) * 4;
-        let staged = staged_bytes <= SHARED_BYTES;
-        let shared = if staged { staged_bytes } else { partials_bytes };
-        let staged32 = staged as u32;
-        let (dim32, inv_dim) = (u32_arg(dim, "dim")?, contract::rms_inv_dim(dim));
-        let (Buf::F32(ref mut o), Some(ref mut rounded)) = (&mut out.buf, &mut out.rounded) else {
-            unreachable!("f32_output_rounded is f32 with a rounding")
+        if let Some((qn, kn, _)) = a.qk_norm {
+            expect_tensor(qn, "q norm weight", DType::Bf16, head_dim)?;
+            expect_tensor(kn, "k norm weight", DType::Bf16, head_dim)?;
+        }
+        if rows == 0 || head_dim == 0 {
+            return Ok(q);
+        }
+        let chunks = head_dim.div_ceil(DOT_CHUNK);
+        let shared = (head_dim + chunks) * 4;
+        if shared > SHARED_BYTES {
+            return Err(Error::Unsupported(format!(
+                "attention inputs with head_dim {head_dim}"
+            )));
+        }
+        // A slot named twice keeps its last row, as write_kv does.
+        let mut slots = a.slots.to_vec();
+        let mut seen = std::collections::HashSet::new();
+        for s in slots.iter_mut().rev() {
+            if !seen.insert(*s) {
+                *s = ATTN_INPUTS_SKIP;
+            }
+        }
+        let (d_pos, d_slots) = (
+            self.upload_indices(a.positions)?,
+            self.upload_indices(&slots)?,
+        );
+        let (eps, norms) = match a.qk_norm {
+            Some((qn, kn, eps)) => (eps, Some((qn.bf16s("q norm")?, kn.bf16s("k norm")?))),
+            None => (0.0, None),
         };
-        let f = self.func("rms_norm")?;
+        let (heads32, kv_heads32, head_dim32) = (
+            u32_arg(heads, "heads")?,
+            u32_arg(kv_heads, "kv_heads")?,
+            u32_arg(head_dim, "head_dim")?,
+        );
+        let inv_dim = contract::rms_inv_dim(head_dim);
+        let null_pointer = 0u64;
+        let f = self.func("attention_inputs")?;
+        let Buf::F32(qo) = &mut q.buf else {
+            unreachable!("f32_output is f32")
+        };
+        let kc = k_cache.bf16s_mut("attention_inputs k cache")?;
+        let vc = v_cache.bf16s_mut("attention_inputs v cache")?;
         let mut l = self.stream.launch_builder(f);
-        l.arg(x.f32s("rms_norm")?)
-            .arg(weight.bf16s("rms_norm weight")?)
-            .arg(o)
-            .arg(rounded)
-            .arg(&dim32)
+        l.arg(qkv.f32s("attention_inputs")?);
+        match &norms {
+            Some((qn, kn)) => l.arg(*qn).arg(*kn),
+            None => l.arg(&null_pointer).arg(&null_pointer),
+        };
+        l.arg(d_pos.as_ref())
+            .arg(d_slots.as_ref())
+            .arg(a.tables.cos.f32s("rope cos")?)
+            .arg(a.tables.sin.f32s("rope sin")?)
+            .arg(qo)
+            .arg(kc)
+            .arg(vc)
+            .arg(&heads32)
+            .arg(&kv_heads32)
+            .arg(&head_dim32)
             .arg(&eps)
-            .arg(&inv_dim)
-            .arg(&staged32);
+            .arg(&inv_dim);
         let cfg = LaunchConfig {
-            grid_dim: (u32_arg(rows, "rows")?, 1, 1),
-            block_dim: (THREADS, 1, 1),
+            grid_dim: (
+                u32_arg(heads + 2 * kv_heads, "head rows")?,
+                u32_arg(rows, "rows")?,
+                1,
+            ),
+            block_dim: (128, 1, 1),
             shared_mem_bytes: shared as u32,
         };
-        // SAFETY: rms_norm(const float*, const unsigned short*, float*, unsigned short*,
-        // unsigned int, float, float, unsigned int); x, out and rounded hold rows*dim elements,
-        // weight dim; one block per row
-        // with one shared float per chunk, plus dim + chunks more when staged.
-        unsafe { l.launch(cfg) }.map_err(device_err("rms_norm"))?;
-        Ok(out)
+        if cfg.grid_dim.1 > 65535 {
+            return Err(Error::Unsupported(format!(
+                "attention inputs of {rows} rows in one call"
+            )));
+        }
+        // SAFETY: attention_inputs(const float* qkv, const unsigned short* q_norm, k_norm (both
+        // null when there is no norm: the kernel then reads neither), const unsigned int*
+        // positions, slots, const float* cos, sin, float* q_out, unsigned short* k_cache,
+        // v_cache, unsigned int heads, kv_heads, head_dim, float eps, inv_dim); qkv holds
+        // rows*(heads+2kv_heads)*head_dim elements, q_out rows*heads*head_dim, the norm weights
+        // head_dim; positions are within the tables and slots (other than the skip marker)
+        // within both caches (checked above); one block per (head row, row) with head_dim +
+        // chunks shared floats.
+        unsafe { l.launch(cfg) }.map_err(device_err("attention_inputs"))?;
+        Ok(q)
     }
 
     fn matmul(

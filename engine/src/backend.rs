@@ -76,6 +76,20 @@ pub struct AttnSeq {
     pub block_table_start: usize,
 }
 
+/// What [`Backend::attention_inputs`] applies to the fused q/k/v projection, and where k and v go.
+pub struct AttentionInputs<'a, T> {
+    /// Qwen3's per-head RMSNorm weights of q and k, and the norm's epsilon.
+    pub qk_norm: Option<(&'a T, &'a T, f32)>,
+    /// The position of each row: its rotary angle.
+    pub positions: &'a [u32],
+    /// The cache slot of each row's k and v.
+    pub slots: &'a [u32],
+    pub tables: &'a RopeTables<T>,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
 /// The kernels of ditto. Every method computes exactly the order of the contract
 /// ([`ditto_shaders::contract`]), so every backend returns the same bits for the same inputs,
 /// whatever the batch shape.
@@ -177,6 +191,49 @@ pub trait Backend {
         block_table: &[u32],
         geometry: AttnGeometry,
     ) -> Result<Self::Tensor>;
+
+    /// `a + b` (the residual connection) and the RMSNorm of that sum: `(sum, normed)`. The same
+    /// bits as [`Backend::add`] then [`Backend::rms_norm`], which is what it runs unless a backend
+    /// fuses the two.
+    fn add_rms_norm(
+        &self,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        weight: &Self::Tensor,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<(Self::Tensor, Self::Tensor)> {
+        let sum = self.add(a, b)?;
+        let normed = self.rms_norm(&sum, weight, rows, dim, eps)?;
+        Ok((sum, normed))
+    }
+
+    /// The steps between the fused q/k/v projection f32 `[rows, q + 2 kv]` and attention:
+    /// split it, apply Qwen3's per-head RMSNorm to q and k (when given), rotate q and k at their
+    /// positions, and write k and v into their cache slots; returns q `[rows, heads,
+    /// head_dim]`. The same bits as those kernels one by one, which is what it runs unless a
+    /// backend fuses them.
+    fn attention_inputs(
+        &self,
+        qkv: &Self::Tensor,
+        k_cache: &mut Self::Tensor,
+        v_cache: &mut Self::Tensor,
+        a: &AttentionInputs<Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        let rows = a.positions.len();
+        let (q_len, kv_len) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
+        let (mut q, mut k, v) = self.split_qkv(qkv, rows, q_len, kv_len)?;
+        if let Some((q_norm, k_norm, eps)) = a.qk_norm {
+            // Each head is one row of head_dim values.
+            q = self.rms_norm(&q, q_norm, rows * a.heads, a.head_dim, eps)?;
+            k = self.rms_norm(&k, k_norm, rows * a.kv_heads, a.head_dim, eps)?;
+        }
+        let q = self.rope(&q, a.positions, a.tables, a.heads, a.head_dim)?;
+        let k = self.rope(&k, a.positions, a.tables, a.kv_heads, a.head_dim)?;
+        self.write_kv(k_cache, v_cache, &k, &v, a.slots, kv_len)?;
+        Ok(q)
+    }
 
     /// Greedy argmax of each row of f32 `[rows, vocab]`: lowest index of the largest value.
     fn argmax(&self, logits: &Self::Tensor, rows: usize, vocab: usize) -> Result<Vec<u32>>;

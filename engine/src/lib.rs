@@ -16,5 +16,7 @@ pub mod testing;
 pub mod tokenizer;
 pub mod wgpu;
 
-pub use backend::{AttnGeometry, AttnSeq, Backend, DType, KernelMode, MatmulShape, RopeTables};
+pub use backend::{
+    AttentionInputs, AttnGeometry, AttnSeq, Backend, DType, KernelMode, MatmulShape, RopeTables,
+};
 pub use error::{Error, Result};

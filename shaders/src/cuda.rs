@@ -14,6 +14,15 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("rms_norm", include_str!("../rms_norm.cu")),
     ("matmul", include_str!("../matmul.cu")),
     ("rope", include_str!("../rope.cu")),
+    // The fused attention inputs use the row helpers of rms_norm.cu and rope.cu.
+    (
+        "attention_inputs",
+        concat!(
+            include_str!("../rms_norm.cu"),
+            include_str!("../rope.cu"),
+            include_str!("../attention_inputs.cu")
+        ),
+    ),
     ("elementwise", include_str!("../elementwise.cu")),
     ("kv_write", include_str!("../kv_write.cu")),
     ("attention", include_str!("../attention.cu")),

@@ -9,7 +9,9 @@
 //! The residual stream is f32; matmul inputs are rounded to bf16 inside the kernels; K and V are
 //! cached as bf16.
 
-use crate::backend::{AttnGeometry, AttnSeq, Backend, DType, MatmulShape, RopeTables};
+use crate::backend::{
+    AttentionInputs, AttnGeometry, AttnSeq, Backend, DType, MatmulShape, RopeTables,
+};
 use crate::kv_cache::{KvCache, SeqId};
 use crate::loader::{Architecture, HostTensor, LoadedModel, ModelConfig};
 use crate::{Error, Result};
@@ -384,37 +386,44 @@ impl<B: Backend> Model<B> {
         };
 
         let mut x = b.embedding(&self.embed, &ids, h)?;
+        // The RMSNorm that starts each block is fused with the residual add that ends the block
+        // before it.
+        let mut normed = b.rms_norm(&x, &self.layers[0].input_norm, t, h, eps)?;
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention block.
-            let normed = b.rms_norm(&x, &layer.input_norm, t, h, eps)?;
             let qkv_out = q_out + 2 * kv_out;
             let mut qkv = mm(&normed, &layer.qkv, qkv_out, h)?;
             if let Some(bias) = &layer.qkv_bias {
                 qkv = b.add_bias(&qkv, bias, t, qkv_out)?;
             }
-            let (mut q, mut k, v) = b.split_qkv(&qkv, t, q_out, kv_out)?;
-            if let Some((qn, kn)) = &layer.qk_norm {
-                // Each head is one row of head_dim values.
-                q = b.rms_norm(&q, qn, t * heads, hd, eps)?;
-                k = b.rms_norm(&k, kn, t * kv_heads, hd, eps)?;
-            }
-            let q = b.rope(&q, &positions, &self.rope, heads, hd)?;
-            let k = b.rope(&k, &positions, &self.rope, kv_heads, hd)?;
+            let inputs = AttentionInputs {
+                qk_norm: layer.qk_norm.as_ref().map(|(qn, kn)| (qn, kn, eps)),
+                positions: &positions,
+                slots: &slots,
+                tables: &self.rope,
+                heads,
+                kv_heads,
+                head_dim: hd,
+            };
             let attn = {
                 let (kc, vc) = cache.layer_mut(l);
-                b.write_kv(kc, vc, &k, &v, &slots, kv_out)?;
+                let q = b.attention_inputs(&qkv, kc, vc, &inputs)?;
                 b.attention(&q, kc, vc, &seqs, &block_table, geometry)?
             };
             let o = mm(&attn, &layer.o, h, q_out)?;
-            x = b.add(&x, &o)?;
+            (x, normed) = b.add_rms_norm(&x, &o, &layer.post_attention_norm, t, h, eps)?;
 
             // MLP block.
-            let normed = b.rms_norm(&x, &layer.post_attention_norm, t, h, eps)?;
             let i = c.intermediate_size;
             let gate_up = mm(&normed, &layer.gate_up, 2 * i, h)?;
             let act = b.silu_mul(&gate_up, t, i)?;
             let down = mm(&act, &layer.down, h, i)?;
-            x = b.add(&x, &down)?;
+            match self.layers.get(l + 1) {
+                Some(next) => {
+                    (x, normed) = b.add_rms_norm(&x, &down, &next.input_norm, t, h, eps)?
+                }
+                None => x = b.add(&x, &down)?,
+            }
         }
 
         // Only the requested rows go through the final norm and the (large) output projection.
