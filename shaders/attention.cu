@@ -103,9 +103,23 @@ __device__ float attn_block_partial(const AttnArgs& a, unsigned int table_start,
         s.p[j] = mul_rn(total, a.scale);
     }
     __syncthreads();
+    // The max and sum folds are one dependent chain each: their loads go out eight at a time
+    // ahead of the chain.
     if (threadIdx.x == 0) {
         float m = s.p[0];
-        for (unsigned int j = 1; j < n; ++j) {
+        unsigned int j = 1;
+        for (; j + 8 <= n; j += 8) {
+            float g[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                g[e] = s.p[j + e];
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                m = max_step(m, g[e]);
+            }
+        }
+        for (; j < n; ++j) {
             m = max_step(m, s.p[j]);
         }
         s.block_max = m;
@@ -118,7 +132,19 @@ __device__ float attn_block_partial(const AttnArgs& a, unsigned int table_start,
     __syncthreads();
     if (threadIdx.x == 0) {
         float sum = 0.0f;
-        for (unsigned int j = 0; j < n; ++j) {
+        unsigned int j = 0;
+        for (; j + 8 <= n; j += 8) {
+            float g[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                g[e] = s.p[j + e];
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                sum = sum + g[e];
+            }
+        }
+        for (; j < n; ++j) {
             sum = sum + s.p[j];
         }
         s.block_sum = sum;

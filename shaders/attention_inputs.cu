@@ -4,7 +4,7 @@
 // whose row helpers it uses.
 //
 // One block per (head row, token): blockIdx.x runs over the q heads, then the k heads, then the
-// v heads. The row is staged in shared memory (head_dim values, then one partial per chunk).
+// v heads.
 
 // A slot whose k and v are written by a later row of the same call (the last write wins, as in
 // write_kv).
@@ -17,7 +17,7 @@ extern "C" __global__ void attention_inputs(
     const float* __restrict__ sin_table, float* __restrict__ q_out,
     unsigned short* __restrict__ k_cache, unsigned short* __restrict__ v_cache,
     unsigned int heads, unsigned int kv_heads, unsigned int head_dim, float eps, float inv_dim) {
-    extern __shared__ float shared[];
+    extern __shared__ __align__(16) float shared[];
     __shared__ float r_shared;
     unsigned int h = blockIdx.x;
     unsigned int token = blockIdx.y;
@@ -38,26 +38,18 @@ extern "C" __global__ void attention_inputs(
         }
         return;
     }
-    float* row = shared;
-    float* chunk_partials = shared + head_dim;
+    // Shared: the padded squares (16-byte aligned at the start), the row, the chunk partials.
+    unsigned int chunks = (head_dim + DOT_CHUNK - 1) / DOT_CHUNK;
+    float* squares = shared;
+    float* row = shared + rms_staged_index(chunks * DOT_CHUNK);
+    float* chunk_partials = row + head_dim;
     for (unsigned int i = threadIdx.x; i < head_dim; i += blockDim.x) {
         row[i] = src[i];
     }
     __syncthreads();
     const unsigned short* norm = is_q ? q_norm : k_norm;
     if (norm) {
-        unsigned int chunks = (head_dim + DOT_CHUNK - 1) / DOT_CHUNK;
-        for (unsigned int c = threadIdx.x; c < chunks; c += blockDim.x) {
-            unsigned int start = c * DOT_CHUNK;
-            chunk_partials[c] =
-                rms_chunk_sum_of_squares(row + start, min(start + DOT_CHUNK, head_dim) - start);
-        }
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            r_shared = rms_scale(chunk_partials, chunks, inv_dim, eps);
-        }
-        __syncthreads();
-        float r = r_shared;
+        float r = rms_block_scale(row, head_dim, squares, chunk_partials, &r_shared, inv_dim, eps);
         for (unsigned int i = threadIdx.x; i < head_dim; i += blockDim.x) {
             row[i] = rms_apply(row[i], r, norm[i]);
         }

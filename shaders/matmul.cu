@@ -36,155 +36,177 @@ __device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
 
 // ---- The GEMV for k a multiple of 8 with at most GEMV_THREADS chunks (every model shape). ----
 //
-// One block computes `cols = GEMV_THREADS / chunks` output columns. Thread (chunk c, column j),
-// chunk-major so that the lanes of a warp share few chunks and their activation loads coincide,
-// adds the chunk's products for every row in the contract's order; the partials go to shared
-// memory and one thread per (row, column) combines them in ascending chunk order.
+// A block computes `cols = GEMV_THREADS / chunks` output columns at a time, and strides over the
+// column groups (the host sizes the grid to what fits on the GPU at once, so no SM idles in a
+// last partial wave). Thread (chunk c, column j), chunk-major so that the lanes of a warp share
+// few chunks and their activation loads coincide, adds the chunk's products for every row in
+// the contract's order; the partials go to shared memory and one thread per (row, column)
+// combines them in ascending chunk order.
 //
-// Weights reach the threads through shared memory, a pass of GEMV_PASS weights per task at a
-// time: GEMV_UNITS lanes read one task's 64 contiguous bytes, eight tasks per 16-byte load
-// instruction (a lane reading its own chunk directly would make each instruction touch 32
-// separate lines), and the loads of the next pass are in flight while the current pass is
-// added. Activations come pre-rounded to bf16 (round_to_bf16), read 8 at a time.
+// Weights reach the threads through shared memory, a pass of PASS weights per task at a time:
+// PASS / 8 lanes read one task's 2 * PASS contiguous bytes with 16-byte loads (a lane reading
+// its own chunk directly would make each instruction touch 32 separate lines), and the loads of
+// the next pass are in flight while the current pass is added. Activations come pre-rounded to
+// bf16, read 8 at a time. A pass of 64 (whole 128-byte lines per task) streams the large
+// matrices faster; 32 needs fewer registers, which suits the smaller ones and several rows.
 
-#ifndef GEMV_PASS
-#define GEMV_PASS 32
+#ifndef GEMV_MIN_BLOCKS
+#define GEMV_MIN_BLOCKS 1
 #endif
-#define GEMV_UNITS (GEMV_PASS / 8)
-// Each task's staged row of 16-byte units, padded by one unit so that lanes reading their own
-// rows hit distinct banks.
-#define GEMV_STAGE_ROW (GEMV_UNITS + 1)
-#define GEMV_TASKS_PER_LOAD (32 / GEMV_UNITS)
 
-template <bool BF16_OUT>
+template <bool BF16_OUT, int PASS>
 __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restrict__ x,
                                                  const unsigned short* __restrict__ w,
                                                  void* __restrict__ out, unsigned int m,
                                                  unsigned int n, unsigned int k) {
+    constexpr int UNITS = PASS / 8;
+    // Each task's staged row of 16-byte units, padded by one unit so that lanes reading their
+    // own rows hit distinct banks.
+    constexpr int STAGE_ROW = UNITS + 1;
+    constexpr int TASKS_PER_LOAD = 32 / UNITS;
+    constexpr int LOADS = 32 / TASKS_PER_LOAD;
     __shared__ float partials[GEMV_MAX_ROWS * GEMV_THREADS];
-    __shared__ uint4 stage[GEMV_THREADS / 32][32 * GEMV_STAGE_ROW];
+    __shared__ uint4 stage[GEMV_THREADS / 32][32 * STAGE_ROW];
     unsigned int chunks = (k + DOT_CHUNK - 1) / DOT_CHUNK;
     unsigned int cols = GEMV_THREADS / chunks;
     unsigned int col_local = threadIdx.x % cols;
     unsigned int c = threadIdx.x / cols;
-    unsigned long long j = (unsigned long long)blockIdx.x * cols + col_local;
-    bool active = c < chunks && j < n;
     unsigned int start = c * DOT_CHUNK;
-    // Weights of this lane's task: `len` from `task_w` (0 for a lane without a task).
-    unsigned int len = active ? min(start + DOT_CHUNK, k) - start : 0;
-    const unsigned short* task_w = w + (active ? j * k + start : 0);
-
     uint4* mine = stage[threadIdx.x / 32];
     unsigned int lane = threadIdx.x % 32;
-    unsigned int unit = lane % GEMV_UNITS;
-    // The lanes this lane loads for, one per load instruction, and their weights.
-    const unsigned short* load_w[32 / GEMV_TASKS_PER_LOAD];
-    unsigned int load_len[32 / GEMV_TASKS_PER_LOAD];
+    unsigned int unit = lane % UNITS;
+    unsigned long long groups = (n + cols - 1) / cols;
+    for (unsigned long long group = blockIdx.x; group < groups; group += gridDim.x) {
+        unsigned long long j = group * cols + col_local;
+        bool active = c < chunks && j < n;
+        // Weights of this lane's task: `len` from `task_w` (0 for a lane without a task).
+        unsigned int len = active ? min(start + DOT_CHUNK, k) - start : 0;
+        const unsigned short* task_w = w + (active ? j * k + start : 0);
+        // The tasks this lane loads for, one per load instruction, and their weights.
+        const unsigned short* load_w[LOADS];
+        unsigned int load_len[LOADS];
 #pragma unroll
-    for (int i = 0; i < 32 / GEMV_TASKS_PER_LOAD; ++i) {
-        unsigned int task = i * GEMV_TASKS_PER_LOAD + lane / GEMV_UNITS;
-        load_w[i] = (const unsigned short*)__shfl_sync(0xffffffffu, (unsigned long long)task_w, task);
-        load_len[i] = __shfl_sync(0xffffffffu, len, task);
-    }
-    uint4 next[32 / GEMV_TASKS_PER_LOAD];
-#pragma unroll
-    for (int i = 0; i < 32 / GEMV_TASKS_PER_LOAD; ++i) {
-        next[i] = make_uint4(0u, 0u, 0u, 0u);
-        unsigned int at = unit * 8;
-        if (at < load_len[i]) {
-            next[i] = *reinterpret_cast<const uint4*>(load_w[i] + at);
+        for (int i = 0; i < LOADS; ++i) {
+            unsigned int task = i * TASKS_PER_LOAD + lane / UNITS;
+            load_w[i] = (const unsigned short*)__shfl_sync(0xffffffffu,
+                                                           (unsigned long long)task_w, task);
+            load_len[i] = __shfl_sync(0xffffffffu, len, task);
         }
-    }
-
-    float acc[GEMV_MAX_ROWS];
+        uint4 next[LOADS];
 #pragma unroll
-    for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-        acc[r] = 0.0f;
-    }
-    for (unsigned int pass = 0; pass < DOT_CHUNK; pass += GEMV_PASS) {
-#pragma unroll
-        for (int i = 0; i < 32 / GEMV_TASKS_PER_LOAD; ++i) {
-            unsigned int task = i * GEMV_TASKS_PER_LOAD + lane / GEMV_UNITS;
-            mine[task * GEMV_STAGE_ROW + unit] = next[i];
-        }
-        __syncwarp();
-        unsigned int after = pass + GEMV_PASS;
-        if (after < DOT_CHUNK) {
-#pragma unroll
-            for (int i = 0; i < 32 / GEMV_TASKS_PER_LOAD; ++i) {
-                unsigned int at = after + unit * 8;
-                if (at < load_len[i]) {
-                    next[i] = *reinterpret_cast<const uint4*>(load_w[i] + at);
-                }
+        for (int i = 0; i < LOADS; ++i) {
+            next[i] = make_uint4(0u, 0u, 0u, 0u);
+            unsigned int at = unit * 8;
+            if (at < load_len[i]) {
+                next[i] = *reinterpret_cast<const uint4*>(load_w[i] + at);
             }
         }
+
+        float acc[GEMV_MAX_ROWS];
 #pragma unroll
-        for (unsigned int u = 0; u < GEMV_UNITS; ++u) {
-            unsigned int at = pass + u * 8;
-            if (at < len) {
-                float wv[8];
-                unpack_bf16x8(mine[lane * GEMV_STAGE_ROW + u], wv);
+        for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+            acc[r] = 0.0f;
+        }
+        for (unsigned int pass = 0; pass < DOT_CHUNK; pass += PASS) {
 #pragma unroll
-                for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-                    if (r < (int)m) {
-                        float xv[8];
-                        unpack_bf16x8(*reinterpret_cast<const uint4*>(
-                                          x + (unsigned long long)r * k + start + at),
-                                      xv);
-                        float a = acc[r];
+            for (int i = 0; i < LOADS; ++i) {
+                unsigned int task = i * TASKS_PER_LOAD + lane / UNITS;
+                mine[task * STAGE_ROW + unit] = next[i];
+            }
+            __syncwarp();
+            unsigned int after = pass + PASS;
+            if (after < DOT_CHUNK) {
 #pragma unroll
-                        for (int e = 0; e < 8; ++e) {
-                            a = fmaf(xv[e], wv[e], a);
-                        }
-                        acc[r] = a;
+                for (int i = 0; i < LOADS; ++i) {
+                    unsigned int at = after + unit * 8;
+                    if (at < load_len[i]) {
+                        next[i] = *reinterpret_cast<const uint4*>(load_w[i] + at);
                     }
                 }
             }
-        }
-        __syncwarp();
-    }
-    if (active) {
 #pragma unroll
-        for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-            if (r < (int)m) {
-                partials[(r * cols + col_local) * chunks + c] = acc[r];
+            for (unsigned int u = 0; u < UNITS; ++u) {
+                unsigned int at = pass + u * 8;
+                if (at < len) {
+                    float wv[8];
+                    unpack_bf16x8(mine[lane * STAGE_ROW + u], wv);
+#pragma unroll
+                    for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+                        if (r < (int)m) {
+                            float xv[8];
+                            unpack_bf16x8(*reinterpret_cast<const uint4*>(
+                                              x + (unsigned long long)r * k + start + at),
+                                          xv);
+                            float a = acc[r];
+#pragma unroll
+                            for (int e = 0; e < 8; ++e) {
+                                a = fmaf(xv[e], wv[e], a);
+                            }
+                            acc[r] = a;
+                        }
+                    }
+                }
+            }
+            __syncwarp();
+        }
+        if (active) {
+#pragma unroll
+            for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+                if (r < (int)m) {
+                    partials[(r * cols + col_local) * chunks + c] = acc[r];
+                }
             }
         }
-    }
-    __syncthreads();
-    // m * cols can exceed the block's threads (k of one chunk and several rows).
-    for (unsigned int i = threadIdx.x; i < m * cols; i += GEMV_THREADS) {
-        unsigned int r = i / cols;
-        unsigned int cl = i % cols;
-        unsigned long long jj = (unsigned long long)blockIdx.x * cols + cl;
-        if (jj < n) {
-            const float* p = partials + (r * cols + cl) * chunks;
-            float total = 0.0f;
-            for (unsigned int cc = 0; cc < chunks; ++cc) {
-                total = combine_chunk_partials(total, p[cc]);
-            }
-            unsigned long long o = (unsigned long long)r * n + jj;
-            if (BF16_OUT) {
-                ((unsigned short*)out)[o] = (unsigned short)round_bf16_bits(total);
-            } else {
-                ((float*)out)[o] = total;
+        __syncthreads();
+        // m * cols can exceed the block's threads (k of one chunk and several rows).
+        for (unsigned int i = threadIdx.x; i < m * cols; i += GEMV_THREADS) {
+            unsigned int r = i / cols;
+            unsigned int cl = i % cols;
+            unsigned long long jj = group * cols + cl;
+            if (jj < n) {
+                const float* p = partials + (r * cols + cl) * chunks;
+                float total = 0.0f;
+                for (unsigned int cc = 0; cc < chunks; ++cc) {
+                    total = combine_chunk_partials(total, p[cc]);
+                }
+                unsigned long long o = (unsigned long long)r * n + jj;
+                if (BF16_OUT) {
+                    ((unsigned short*)out)[o] = (unsigned short)round_bf16_bits(total);
+                } else {
+                    ((float*)out)[o] = total;
+                }
             }
         }
+        // The next group's partials overwrite these.
+        __syncthreads();
     }
 }
 
-// x: bf16 bits [m, k] (from round_to_bf16).
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+// x: bf16 bits [m, k].
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MIN_BLOCKS)
 matmul_gemv_f32(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
                 float* __restrict__ out, unsigned int m, unsigned int n, unsigned int k) {
-    matmul_gemv_body<false>(x, w, out, m, n, k);
+    matmul_gemv_body<false, 32>(x, w, out, m, n, k);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MIN_BLOCKS)
 matmul_gemv_bf16(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
                  unsigned short* __restrict__ out, unsigned int m, unsigned int n,
                  unsigned int k) {
-    matmul_gemv_body<true>(x, w, out, m, n, k);
+    matmul_gemv_body<true, 32>(x, w, out, m, n, k);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MIN_BLOCKS)
+matmul_gemv_wide_f32(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
+                     float* __restrict__ out, unsigned int m, unsigned int n, unsigned int k) {
+    matmul_gemv_body<false, 64>(x, w, out, m, n, k);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MIN_BLOCKS)
+matmul_gemv_wide_bf16(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
+                      unsigned short* __restrict__ out, unsigned int m, unsigned int n,
+                      unsigned int k) {
+    matmul_gemv_body<true, 64>(x, w, out, m, n, k);
 }
 
 // Any k: one thread per (output column j, chunk c), c fastest, writing

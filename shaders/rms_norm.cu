@@ -3,17 +3,62 @@
 // connection), which is also written to `sum_out`.
 //
 // Sum of squares in the chunked order: thread c owns chunks c, c + blockDim, …, each summed from
-// +0.0 with k ascending; thread 0 then combines the chunk partials in ascending order. The
-// dynamic shared memory holds one partial per chunk and, when `staged` (the host checks it
-// fits), a copy of the row: read once by all threads side by side, so the loads are coalesced
-// and in flight together instead of one chunk-long chain of loads per thread. The copy keeps
-// one spare word per chunk so that threads walking different chunks hit different banks.
+// +0.0 with k ascending; thread 0 then combines the chunk partials in ascending order. Each
+// chunk's additions are one dependent chain, so nothing else may sit on it: when `staged` (the
+// host checks that it fits), all threads first write the squares to shared memory side by side,
+// and the chain threads then only load (16 bytes at a time, ahead of use) and add. Each staged
+// chunk is padded by RMS_CHUNK_PAD words, so that it starts 16-byte aligned and threads walking
+// different chunks hit different banks. Without staging, the chain threads square as they go,
+// with their loads grouped ahead of the additions.
 
-// One chunk's sum of squares, from +0.0 with k ascending.
+#define RMS_CHUNK_PAD 4u
+
+// Index of element i in the padded staging of the squares.
+__device__ __forceinline__ unsigned int rms_staged_index(unsigned int i) {
+    return i + (i / DOT_CHUNK) * RMS_CHUNK_PAD;
+}
+
+// One chunk's sum of precomputed squares (16-byte aligned), from +0.0 with k ascending.
+__device__ __forceinline__ float rms_chunk_sum(const float* squares, unsigned int len) {
+    float partial = 0.0f;
+    unsigned int k = 0;
+    for (; k + 16 <= len; k += 16) {
+        float4 g[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            g[i] = *reinterpret_cast<const float4*>(squares + k + 4 * i);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            partial = partial + g[i].x;
+            partial = partial + g[i].y;
+            partial = partial + g[i].z;
+            partial = partial + g[i].w;
+        }
+    }
+    for (; k < len; ++k) {
+        partial = partial + squares[k];
+    }
+    return partial;
+}
+
+// One chunk's sum of squares of `values`, from +0.0 with k ascending.
 __device__ __forceinline__ float rms_chunk_sum_of_squares(const float* values, unsigned int len) {
     float partial = 0.0f;
-#pragma unroll 8
-    for (unsigned int k = 0; k < len; ++k) {
+    unsigned int k = 0;
+    for (; k + 8 <= len; k += 8) {
+        float sq[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            float v = values[k + e];
+            sq[e] = mul_rn(v, v);
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            partial = partial + sq[e];
+        }
+    }
+    for (; k < len; ++k) {
         float v = values[k];
         partial = partial + mul_rn(v, v);
     }
@@ -30,6 +75,31 @@ __device__ __forceinline__ float rms_scale(const float* chunk_partials, unsigned
     return contract_rsqrt(mul_rn(total, inv_dim) + eps);
 }
 
+// The scale 1/rms of `row` (dim values), returned to every thread of the block; every thread
+// must call it. `squares` is shared memory for the padded squares, `chunk_partials` one shared
+// float per chunk.
+__device__ __forceinline__ float rms_block_scale(const float* row, unsigned int dim,
+                                                 float* squares, float* chunk_partials,
+                                                 float* r_shared, float inv_dim, float eps) {
+    unsigned int chunks = (dim + DOT_CHUNK - 1) / DOT_CHUNK;
+    for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
+        float v = row[i];
+        squares[rms_staged_index(i)] = mul_rn(v, v);
+    }
+    __syncthreads();
+    for (unsigned int c = threadIdx.x; c < chunks; c += blockDim.x) {
+        unsigned int start = c * DOT_CHUNK;
+        chunk_partials[c] =
+            rms_chunk_sum(squares + rms_staged_index(start), min(start + DOT_CHUNK, dim) - start);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        *r_shared = rms_scale(chunk_partials, chunks, inv_dim, eps);
+    }
+    __syncthreads();
+    return *r_shared;
+}
+
 __device__ __forceinline__ float rms_apply(float v, float r, unsigned short weight) {
     return mul_rn(mul_rn(v, r), bf16_to_f32(weight));
 }
@@ -41,42 +111,40 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x,
                                     float* __restrict__ out,
                                     unsigned short* __restrict__ rounded, unsigned int dim,
                                     float eps, float inv_dim, unsigned int staged) {
-    extern __shared__ float shared[];
+    extern __shared__ __align__(16) float shared[];
     __shared__ float r_shared;
     unsigned long long row_start = (unsigned long long)blockIdx.x * dim;
     const float* row = x + row_start;
-    const float* residual_row = residual ? residual + row_start : nullptr;
     unsigned int chunks = (dim + DOT_CHUNK - 1) / DOT_CHUNK;
-    float* chunk_partials = shared;
-    float* row_copy = shared + chunks;
-    if (residual_row) {
+    if (residual) {
         // The sum first, so that every later read sees it.
         for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
-            sum_out[row_start + i] = row[i] + residual_row[i];
+            sum_out[row_start + i] = row[i] + residual[row_start + i];
         }
         __syncthreads();
         row = sum_out + row_start;
     }
+    float r;
     if (staged) {
-        for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
-            row_copy[i + i / DOT_CHUNK] = row[i];
+        // Squares first (padded chunks), the chunk partials after them.
+        float* chunk_partials = shared + rms_staged_index(chunks * DOT_CHUNK);
+        r = rms_block_scale(row, dim, shared, chunk_partials, &r_shared, inv_dim, eps);
+    } else {
+        float* chunk_partials = shared;
+        for (unsigned int c = threadIdx.x; c < chunks; c += blockDim.x) {
+            unsigned int start = c * DOT_CHUNK;
+            chunk_partials[c] =
+                rms_chunk_sum_of_squares(row + start, min(start + DOT_CHUNK, dim) - start);
         }
         __syncthreads();
+        if (threadIdx.x == 0) {
+            r_shared = rms_scale(chunk_partials, chunks, inv_dim, eps);
+        }
+        __syncthreads();
+        r = r_shared;
     }
-    for (unsigned int c = threadIdx.x; c < chunks; c += blockDim.x) {
-        unsigned int start = c * DOT_CHUNK;
-        unsigned int len = min(start + DOT_CHUNK, dim) - start;
-        chunk_partials[c] =
-            rms_chunk_sum_of_squares(staged ? row_copy + start + c : row + start, len);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        r_shared = rms_scale(chunk_partials, chunks, inv_dim, eps);
-    }
-    __syncthreads();
-    float r = r_shared;
     for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
-        float y = rms_apply(staged ? row_copy[i + i / DOT_CHUNK] : row[i], r, weight[i]);
+        float y = rms_apply(row[i], r, weight[i]);
         out[row_start + i] = y;
         rounded[row_start + i] = (unsigned short)round_bf16_bits(y);
     }

@@ -49,8 +49,30 @@ fn matmul_shapes<B: Backend>(b: &B) {
         (4, 513, 8),
         (6, 260, 1536),
         (7, 40, 1000),
+        // More column groups than the CUDA GEMV's grid holds at once (blocks stride over
+        // them), at one row (the wide pass) and at several.
+        (1, 1_000_000, 8),
+        (3, 200_000, 24),
     ];
-    for (m, n, k) in shapes {
+    // The reference model's shapes (Qwen3-8B: stacked q/k/v, stacked gate/up, down, the output
+    // head) at decode and at a short prompt's rows: too slow for CI, so on request
+    // (DITTO_MODEL_SHAPES=1, as on the GPU machine).
+    let model_shapes: &[(usize, usize, usize)] = if std::env::var_os("DITTO_MODEL_SHAPES").is_some()
+    {
+        &[
+            (1, 6144, 4096),
+            (5, 6144, 4096),
+            (1, 24576, 4096),
+            (5, 24576, 4096),
+            (1, 4096, 12288),
+            (5, 4096, 12288),
+            (1, 49152, 4096),
+            (5, 49152, 4096),
+        ]
+    } else {
+        &[]
+    };
+    for &(m, n, k) in shapes.iter().chain(model_shapes) {
         let x = activations(&mut rng, m * k);
         let w = rng.bf16s(n * k, 1.0);
         let want = reference_matmul(&x, &w, m, n, k);

@@ -38,6 +38,8 @@ const GEMV_MAX_ROWS: usize = 8;
 const SHARED_BYTES: usize = 48 * 1024;
 /// Index arrays whose device copies are kept for reuse (see `upload_indices`).
 const RECENT_INDEX_UPLOADS: usize = 8;
+/// Mirrors `RMS_CHUNK_PAD` in rms_norm.cu.
+const RMS_CHUNK_PAD: usize = 4;
 /// Mirrors `ATTN_INPUTS_SKIP` in attention_inputs.cu.
 const ATTN_INPUTS_SKIP: u32 = u32::MAX;
 /// Mirrors `GEMV_THREADS` in matmul.cu.
@@ -211,6 +213,8 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
         &[
             "matmul_gemv_f32",
             "matmul_gemv_bf16",
+            "matmul_gemv_wide_f32",
+            "matmul_gemv_wide_bf16",
             "matmul_chunk_partials",
             "matmul_combine_f32",
             "matmul_combine_bf16",
@@ -434,6 +438,15 @@ impl CudaBackend {
                 let f = module
                     .load_function(entry)
                     .map_err(|e| Error::Device(format!("{family}.cu: no kernel {entry}: {e}")))?;
+                if entry.starts_with("matmul_gemv") {
+                    // As much shared memory as the SM has, so that the GEMV's per-block staging
+                    // does not cap how many blocks stream weights at once. Only speed depends on
+                    // it.
+                    let _ = f.set_attribute(
+                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                        100,
+                    );
+                }
                 functions.insert(*entry, f);
             }
         }
@@ -632,8 +645,8 @@ impl CudaBackend {
         if partials_bytes > SHARED_BYTES {
             return Err(Error::Unsupported(format!("rms_norm of dim {dim}")));
         }
-        // The row's staged copy (one spare word per chunk), where it fits.
-        let staged_bytes = partials_bytes + (dim + chunks) * 4;
+        // The padded squares, staged where they fit.
+        let staged_bytes = partials_bytes + chunks * (DOT_CHUNK + RMS_CHUNK_PAD) * 4;
         let staged = staged_bytes <= SHARED_BYTES;
         let shared = if staged { staged_bytes } else { partials_bytes };
         let staged32 = staged as u32;
@@ -674,7 +687,7 @@ impl CudaBackend {
         // short* weight, float* out, unsigned short* rounded, unsigned int dim, float eps,
         // inv_dim, unsigned int staged); residual and sum_out are both null (never read or
         // written) or both rows*dim long, as are x, out and rounded; weight holds dim; one
-        // block per row with one shared float per chunk, plus dim + chunks more when staged.
+        // block per row with one shared float per chunk, plus the padded chunks when staged.
         unsafe { l.launch(cfg) }.map_err(device_err("rms_norm"))?;
         Ok((sum, out))
     }
@@ -694,11 +707,24 @@ impl CudaBackend {
         let chunks = k.div_ceil(DOT_CHUNK);
         if k.is_multiple_of(8) && chunks <= GEMV_THREADS as usize {
             let cols = GEMV_THREADS as usize / chunks;
-            let name = match out {
-                Buf::F32(_) => "matmul_gemv_f32",
-                Buf::Bf16(_) => "matmul_gemv_bf16",
+            // The wide pass streams large matrices faster at one row; it costs registers.
+            let wide = match std::env::var("DITTO_GEMV_WIDE").as_deref() {
+                Ok("never") => false,
+                Ok("always") => true,
+                _ => m == 1 && n >= 16384,
+            };
+            let name = match (&*out, wide) {
+                (Buf::F32(_), false) => "matmul_gemv_f32",
+                (Buf::Bf16(_), false) => "matmul_gemv_bf16",
+                (Buf::F32(_), true) => "matmul_gemv_wide_f32",
+                (Buf::Bf16(_), true) => "matmul_gemv_wide_bf16",
             };
             let f = self.func(name)?;
+            let resident = f
+                .occupancy_max_active_blocks_per_multiprocessor(GEMV_THREADS, 0, None)
+                .map_err(device_err("GEMV occupancy"))?
+                .max(1) as usize;
+            let blocks = n.div_ceil(cols).min(resident * self.sm_count);
             let mut l = self.stream.launch_builder(f);
             l.arg(xb);
             l.arg(ws);
@@ -708,7 +734,7 @@ impl CudaBackend {
             };
             l.arg(&m32).arg(&n32).arg(&k32);
             let cfg = LaunchConfig {
-                grid_dim: (u32_arg(n.div_ceil(cols), "column blocks")?, 1, 1),
+                grid_dim: (u32_arg(blocks, "column blocks")?, 1, 1),
                 block_dim: (GEMV_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
@@ -1024,7 +1050,7 @@ impl Backend for CudaBackend {
             return Ok(q);
         }
         let chunks = head_dim.div_ceil(DOT_CHUNK);
-        let shared = (head_dim + chunks) * 4;
+        let shared = (chunks * (DOT_CHUNK + RMS_CHUNK_PAD) + head_dim + chunks) * 4;
         if shared > SHARED_BYTES {
             return Err(Error::Unsupported(format!(
                 "attention inputs with head_dim {head_dim}"
@@ -1097,8 +1123,8 @@ impl Backend for CudaBackend {
         // v_cache, unsigned int heads, kv_heads, head_dim, float eps, inv_dim); qkv holds
         // rows*(heads+2kv_heads)*head_dim elements, q_out rows*heads*head_dim, the norm weights
         // head_dim; positions are within the tables and slots (other than the skip marker)
-        // within both caches (checked above); one block per (head row, row) with head_dim +
-        // chunks shared floats.
+        // within both caches (checked above); one block per (head row, row) with the padded
+        // chunks, head_dim and chunks shared floats.
         unsafe { l.launch(cfg) }.map_err(device_err("attention_inputs"))?;
         Ok(q)
     }
