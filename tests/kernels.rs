@@ -49,6 +49,14 @@ fn matmul_shapes<B: Backend>(b: &B) {
         (4, 513, 8),
         (6, 260, 1536),
         (7, 40, 1000),
+        // The CUDA GEMM: several 64x128 tiles with partial edges in both dimensions; k a
+        // multiple of 8 but not of its 16-deep K tiles, and k not a multiple of 8; split over
+        // groups of one and of several chunks; and enough tiles for one unsplit launch.
+        (130, 257, 4104),
+        (200, 136, 1030),
+        (72, 4096, 512),
+        (9, 300, 768),
+        (9, 50688, 264),
     ];
     for (m, n, k) in shapes {
         let x = activations(&mut rng, m * k);
