@@ -4,7 +4,8 @@
 // combined in ascending order by combine_chunk_partials. Every path below keeps that order, so
 // they give the same bits and the host picks by shape: the one-launch GEMV (m <= 8, k a
 // multiple of 8, at most GEMV_THREADS chunks: every model shape), the two-launch GEMV (m <= 8,
-// any k), and the tiled GEMM (larger m).
+// any k), and the tiled GEMM (larger m; one launch, or split over groups of chunks and combined
+// by a second).
 //
 // Products are of two bf16 values, exact in f32, so fmaf gives the bits of `a * b + c`.
 
@@ -260,108 +261,327 @@ extern "C" __global__ void matmul_combine_bf16(const float* __restrict__ partial
     }
 }
 
-// ---- Larger m: shared-memory tiles; each thread walks K for a 4x4 block of outputs. ----
+// ---- Larger m: a register-tiled GEMM. ----
+//
+// A block computes a GEMM_BM x GEMM_BN tile of outputs with GEMM_THREADS threads, each thread an
+// 8x8 block: rows ra + {0..3, 16..19} and columns cb + {0..3, 32..35} of its warp's 32x64 tile.
+// A lane then takes the operands of one k as four float4 shared-memory loads, each shared by 4 or
+// 8 lanes (broadcast) and free of bank conflicts. K advances in tiles of GEMM_BK that never
+// straddle a chunk; the next tile's global loads are in flight while the current one is
+// multiplied (two shared buffers, one barrier per tile).
+//
+// Each output has two accumulators, as the contract allows: `part` (registers), the running
+// chunk sum from +0.0 with k ascending, and its total, the chunk partials combined so far in
+// ascending order. Totals live in dynamic shared memory (GEMM_TOTALS_BYTES, one column per
+// thread, which also stages every write to global memory), so that a thread needs under 170
+// registers and three blocks share an SM: on an H100, 64x128 tiles with 12 warps an SM beat
+// 128x128 tiles with totals in registers (over 200 registers, one block an SM) at every
+// measured shape.
+//
+// When the output tiles are too few to fill the GPU, the host also cuts K into groups of
+// `group` whole chunks (blockIdx.z, matmul_gemm_split). Group 0 starts from +0.0, so it combines
+// its own chunks and writes that running total; every later group writes the partial of each
+// chunk it walks. matmul_split_combine_* then combines those values in ascending order from
+// +0.0 (+0.0 + t is t for every sum t that started from +0.0: such a sum is never -0.0). No chunk
+// partial is combined out of order, so every launch shape gives the same bits.
 
-#define TILE_M 64
-#define TILE_N 64
-#define TILE_K 32
-#define TILE_THREADS 256
-static_assert(DOT_CHUNK % TILE_K == 0, "chunk boundaries must fall on K-tile boundaries");
+#define GEMM_BM 64
+#define GEMM_BN 128
+#define GEMM_BK 16
+#define GEMM_THREADS 128
+#define GEMM_TOTALS_BYTES (64 * GEMM_THREADS * 4)
+static_assert(DOT_CHUNK % GEMM_BK == 0, "chunk boundaries must fall on K-tile boundaries");
+static_assert(GEMM_BM * GEMM_BN == 64 * GEMM_THREADS, "8x8 outputs per thread");
 
-// Each thread keeps two registers per output, as the contract allows: `part` (the running chunk
-// sum, from +0.0) and `total` (the chunk partials combined so far).
-template <bool BF16_OUT>
-__device__ __forceinline__ void matmul_tiled_body(const unsigned short* __restrict__ x,
-                                                  const unsigned short* __restrict__ w,
-                                                  void* __restrict__ out, unsigned int m,
-                                                  unsigned int n, unsigned int k) {
-    // Stored k-major so that the inner loop reads a row of 4 outputs' operands at once.
-    __shared__ __align__(16) float xs[TILE_K][TILE_M + 4];
-    __shared__ __align__(16) float ws[TILE_K][TILE_N + 4];
-    unsigned int tx = threadIdx.x % 16;
-    unsigned int ty = threadIdx.x / 16;
-    unsigned int row0 = blockIdx.y * TILE_M;
-    unsigned int col0 = blockIdx.x * TILE_N;
-    float total[4][4];
-    float part[4][4];
+// What a GEMM block writes: outputs (f32 or bf16), or split values (f32) into the scratch.
+#define GEMM_OUT_F32 0
+#define GEMM_OUT_BF16 1
+#define GEMM_OUT_SPLIT 2
+
+// Eight consecutive bf16 of row `row` from position `at`: zeros for a row past `rows` or
+// positions past k, which only fill the tile and are never added. With k a multiple of 8 (`vec`)
+// every row starts 16-byte aligned and the eight lie all inside or all past k.
+__device__ __forceinline__ uint4 gemm_load8(const unsigned short* __restrict__ a, unsigned int row,
+                                            unsigned int rows, unsigned int k, unsigned int at,
+                                            bool vec) {
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (row >= rows) {
+        return v;
+    }
+    const unsigned short* p = a + (unsigned long long)row * k + at;
+    if (vec) {
+        if (at < k) {
+            v = *reinterpret_cast<const uint4*>(p);
+        }
+        return v;
+    }
+    unsigned int h[8];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int e = 0; e < 8; ++e) {
+        h[e] = at + e < k ? (unsigned int)p[e] : 0u;
+    }
+    return make_uint4(h[0] | (h[1] << 16), h[2] | (h[3] << 16), h[4] | (h[5] << 16),
+                      h[6] | (h[7] << 16));
+}
+
+// Stores load unit `unit` (row unit / 2, tile positions 8 * (unit % 2) + 0..7) k-major as f32.
+// The second half of the tile's positions has its columns XOR 16: the two lanes that load one
+// row's 32 bytes then write different banks (readers apply the same XOR).
+template <int ROWS>
+__device__ __forceinline__ void gemm_stage(float (*s)[ROWS], uint4 v, unsigned int unit) {
+    unsigned int half = unit % 2;
+    unsigned int col = (unit / 2) ^ (half * 16);
+    float f[8];
+    unpack_bf16x8(v, f);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            total[i][j] = 0.0f;
-            part[i][j] = 0.0f;
+    for (int e = 0; e < 8; ++e) {
+        s[half * 8 + e][col] = f[e];
+    }
+}
+
+// Adds the products of positions 0..kb-1 of one staged tile to `part`, k ascending. Only real
+// positions are added: a partial last tile stops at kb.
+template <bool FULL>
+__device__ __forceinline__ void gemm_tile(const float (*xs)[GEMM_BM], const float (*ws)[GEMM_BN],
+                                          unsigned int ra, unsigned int cb, unsigned int kb,
+                                          float part[8][8]) {
+#pragma unroll
+    for (unsigned int kk = 0; kk < GEMM_BK; ++kk) {
+        if (!FULL && kk >= kb) {
+            break;
+        }
+        unsigned int sw = (kk / 8) * 16;
+        float4 a0 = *reinterpret_cast<const float4*>(&xs[kk][ra ^ sw]);
+        float4 a1 = *reinterpret_cast<const float4*>(&xs[kk][(ra + 16) ^ sw]);
+        float4 b0 = *reinterpret_cast<const float4*>(&ws[kk][cb ^ sw]);
+        float4 b1 = *reinterpret_cast<const float4*>(&ws[kk][(cb + 32) ^ sw]);
+        float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                part[i][j] = fmaf(a[i], b[j], part[i][j]);
+            }
         }
     }
-    for (unsigned int k0 = 0; k0 < k; k0 += TILE_K) {
-        unsigned int kb = min((unsigned int)TILE_K, k - k0);
-        for (unsigned int e = threadIdx.x; e < TILE_M * TILE_K; e += TILE_THREADS) {
-            unsigned int r = e / TILE_K;
-            unsigned int kk = e % TILE_K;
-            unsigned int gr = row0 + r;
-            unsigned int gc = col0 + r;
-            xs[kk][r] = (gr < m && kk < kb) ? bf16_to_f32(x[(unsigned long long)gr * k + k0 + kk]) : 0.0f;
-            ws[kk][r] = (gc < n && kk < kb) ? bf16_to_f32(w[(unsigned long long)gc * k + k0 + kk]) : 0.0f;
+}
+
+// Writes a thread's 8x8 values, staged in its column of the totals (value (i, j) at
+// col[(i * 8 + j) * GEMM_THREADS]), into the row-major [m, n] `out` as f32 or rounded to bf16.
+// A rolled loop, so that no output address stays in a register through the main loop.
+template <bool BF16>
+__device__ __forceinline__ void gemm_write(void* __restrict__ out, const float* col,
+                                           unsigned int r0, unsigned int c0, unsigned int m,
+                                           unsigned int n) {
+    bool vec4 = n % 4 == 0;
+#pragma unroll 1
+    for (int q = 0; q < 16; ++q) {
+        int i = q / 2;
+        int g = q % 2;
+        unsigned int r = r0 + (i / 4) * 16 + i % 4;
+        unsigned int c = c0 + g * 32;
+        if (r >= m) {
+            continue;
         }
-        __syncthreads();
-        // Only the kb real positions are added: padding is skipped, never added as zero.
-        for (unsigned int kk = 0; kk < kb; ++kk) {
-            float4 a = *reinterpret_cast<const float4*>(&xs[kk][ty * 4]);
-            float4 b = *reinterpret_cast<const float4*>(&ws[kk][tx * 4]);
-            float av[4] = {a.x, a.y, a.z, a.w};
-            float bv[4] = {b.x, b.y, b.z, b.w};
+        unsigned long long o = (unsigned long long)r * n + c;
+        float s[4];
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
+        for (int e = 0; e < 4; ++e) {
+            s[e] = col[(i * 8 + g * 4 + e) * GEMM_THREADS];
+        }
+        if (vec4 && c + 4 <= n) {
+            if (BF16) {
+                *reinterpret_cast<uint2*>((unsigned short*)out + o) =
+                    make_uint2(round_bf16_bits(s[0]) | (round_bf16_bits(s[1]) << 16),
+                               round_bf16_bits(s[2]) | (round_bf16_bits(s[3]) << 16));
+            } else {
+                *reinterpret_cast<float4*>((float*)out + o) = make_float4(s[0], s[1], s[2], s[3]);
+            }
+        } else {
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    part[i][j] = fmaf(av[i], bv[j], part[i][j]);
+            for (int e = 0; e < 4; ++e) {
+                if (c + e < n) {
+                    if (BF16) {
+                        ((unsigned short*)out)[o + e] = (unsigned short)round_bf16_bits(s[e]);
+                    } else {
+                        ((float*)out)[o + e] = s[e];
+                    }
                 }
+            }
+        }
+    }
+}
+
+// Block (blockIdx.x % m_tiles, blockIdx.x / m_tiles) of the output tiles, row tiles fastest so
+// that blocks running together share weights; blockIdx.z walks chunks [z * group, (z + 1) *
+// group). With OUT == GEMM_OUT_SPLIT, value s of output o goes to out[s * m * n + o]: s = 0 is
+// group 0's running total, s = c - group + 1 the partial of chunk c of a later group.
+template <int OUT>
+__device__ __forceinline__ void gemm_body(const unsigned short* __restrict__ x,
+                                          const unsigned short* __restrict__ w,
+                                          void* __restrict__ out, unsigned int m, unsigned int n,
+                                          unsigned int k, unsigned int group) {
+    constexpr int X_UNITS = GEMM_BM * GEMM_BK / 8 / GEMM_THREADS;
+    constexpr int W_UNITS = GEMM_BN * GEMM_BK / 8 / GEMM_THREADS;
+    __shared__ __align__(16) float xs[2][GEMM_BK][GEMM_BM];
+    __shared__ __align__(16) float ws[2][GEMM_BK][GEMM_BN];
+    // Total (i, j) of thread t at totals[(i * 8 + j) * GEMM_THREADS + t]: conflict-free, and
+    // only its own thread touches it.
+    extern __shared__ float totals[];
+    float* my_totals = totals + threadIdx.x;
+
+    unsigned int m_tiles = (m + GEMM_BM - 1) / GEMM_BM;
+    unsigned int row0 = (blockIdx.x % m_tiles) * GEMM_BM;
+    unsigned int col0 = (blockIdx.x / m_tiles) * GEMM_BN;
+    unsigned int warp = threadIdx.x / 32;
+    unsigned int lane = threadIdx.x % 32;
+    unsigned int ra = (warp / 2) * 32 + (lane / 8) * 4;
+    unsigned int cb = (warp % 2) * 64 + (lane % 8) * 4;
+
+    unsigned long long span = (unsigned long long)group * DOT_CHUNK;
+    unsigned long long kbeg64 = blockIdx.z * span;
+    unsigned int kbeg = (unsigned int)kbeg64;
+    unsigned int kend = (unsigned int)min(kbeg64 + span, (unsigned long long)k);
+    unsigned int tiles = (kend - kbeg + GEMM_BK - 1) / GEMM_BK;
+    bool vec = k % 8 == 0;
+    // Whether this block combines its chunk partials itself (it starts at chunk 0).
+    bool fold = OUT != GEMM_OUT_SPLIT || blockIdx.z == 0;
+
+    uint4 xv[X_UNITS];
+    uint4 wv[W_UNITS];
+#pragma unroll
+    for (int i = 0; i < X_UNITS; ++i) {
+        unsigned int u = threadIdx.x + i * GEMM_THREADS;
+        xv[i] = gemm_load8(x, row0 + u / 2, m, k, kbeg + (u % 2) * 8, vec);
+    }
+#pragma unroll
+    for (int i = 0; i < W_UNITS; ++i) {
+        unsigned int u = threadIdx.x + i * GEMM_THREADS;
+        wv[i] = gemm_load8(w, col0 + u / 2, n, k, kbeg + (u % 2) * 8, vec);
+    }
+#pragma unroll
+    for (int i = 0; i < X_UNITS; ++i) {
+        gemm_stage<GEMM_BM>(xs[0], xv[i], threadIdx.x + i * GEMM_THREADS);
+    }
+#pragma unroll
+    for (int i = 0; i < W_UNITS; ++i) {
+        gemm_stage<GEMM_BN>(ws[0], wv[i], threadIdx.x + i * GEMM_THREADS);
+    }
+    __syncthreads();
+
+    float part[8][8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            part[i][j] = 0.0f;
+            my_totals[(i * 8 + j) * GEMM_THREADS] = 0.0f;
+        }
+    }
+    for (unsigned int t = 0; t < tiles; ++t) {
+        unsigned int k0 = kbeg + t * GEMM_BK;
+        unsigned int b = t % 2;
+        bool more = t + 1 < tiles;
+        if (more) {
+#pragma unroll
+            for (int i = 0; i < X_UNITS; ++i) {
+                unsigned int u = threadIdx.x + i * GEMM_THREADS;
+                xv[i] = gemm_load8(x, row0 + u / 2, m, k, k0 + GEMM_BK + (u % 2) * 8, vec);
+            }
+#pragma unroll
+            for (int i = 0; i < W_UNITS; ++i) {
+                unsigned int u = threadIdx.x + i * GEMM_THREADS;
+                wv[i] = gemm_load8(w, col0 + u / 2, n, k, k0 + GEMM_BK + (u % 2) * 8, vec);
+            }
+        }
+        unsigned int kb = min((unsigned int)GEMM_BK, kend - k0);
+        if (kb == GEMM_BK) {
+            gemm_tile<true>(xs[b], ws[b], ra, cb, kb, part);
+        } else {
+            gemm_tile<false>(xs[b], ws[b], ra, cb, kb, part);
+        }
+        // The other buffer was last read before the previous iteration's barrier.
+        if (more) {
+#pragma unroll
+            for (int i = 0; i < X_UNITS; ++i) {
+                gemm_stage<GEMM_BM>(xs[b ^ 1], xv[i], threadIdx.x + i * GEMM_THREADS);
+            }
+#pragma unroll
+            for (int i = 0; i < W_UNITS; ++i) {
+                gemm_stage<GEMM_BN>(ws[b ^ 1], wv[i], threadIdx.x + i * GEMM_THREADS);
             }
         }
         __syncthreads();
         unsigned int done = k0 + kb;
-        if (done % DOT_CHUNK == 0 || done == k) {
+        if (done % DOT_CHUNK == 0 || done == kend) {
+            // A block that does not fold has no totals: its column stages the chunk's partial.
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
+            for (int i = 0; i < 8; ++i) {
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    total[i][j] = combine_chunk_partials(total[i][j], part[i][j]);
+                for (int j = 0; j < 8; ++j) {
+                    float* tot = &my_totals[(i * 8 + j) * GEMM_THREADS];
+                    *tot = fold ? combine_chunk_partials(*tot, part[i][j]) : part[i][j];
                     part[i][j] = 0.0f;
                 }
             }
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        unsigned int r = row0 + ty * 4 + i;
-        if (r >= m) {
-            continue;
-        }
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            unsigned int c = col0 + tx * 4 + j;
-            if (c < n) {
-                unsigned long long o = (unsigned long long)r * n + c;
-                if (BF16_OUT) {
-                    ((unsigned short*)out)[o] = (unsigned short)round_bf16_bits(total[i][j]);
-                } else {
-                    ((float*)out)[o] = total[i][j];
-                }
+            if (!fold) {
+                unsigned long long slot = (done - 1) / DOT_CHUNK - group + 1;
+                gemm_write<false>((float*)out + slot * m * n, my_totals, row0 + ra, col0 + cb, m,
+                                  n);
             }
         }
     }
+    if (fold) {
+        gemm_write<OUT == GEMM_OUT_BF16>(out, my_totals, row0 + ra, col0 + cb, m, n);
+    }
 }
 
-extern "C" __global__ void __launch_bounds__(TILE_THREADS)
-matmul_tiled_f32(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
-                 float* __restrict__ out, unsigned int m, unsigned int n, unsigned int k) {
-    matmul_tiled_body<false>(x, w, out, m, n, k);
+// Every GEMM kernel: (x bf16 [m, k], w bf16 [n, k], out, m, n, k, group), GEMM_THREADS threads
+// and GEMM_TOTALS_BYTES of dynamic shared memory. Three blocks an SM cap the registers at 170.
+#define GEMM_KERNEL(name, OUT, OUT_T)                                                          \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 3)                              \
+        name(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,      \
+             OUT_T* __restrict__ out, unsigned int m, unsigned int n, unsigned int k,          \
+             unsigned int group) {                                                             \
+        gemm_body<OUT>(x, w, out, m, n, k, group);                                             \
+    }
+
+GEMM_KERNEL(matmul_gemm_f32, GEMM_OUT_F32, float)
+GEMM_KERNEL(matmul_gemm_bf16, GEMM_OUT_BF16, unsigned short)
+GEMM_KERNEL(matmul_gemm_split, GEMM_OUT_SPLIT, float)
+
+// One thread per output: the `values` split values of output o (value s at s * outputs + o)
+// combined in ascending order from +0.0.
+__device__ __forceinline__ float combine_split_values(const float* __restrict__ p,
+                                                      unsigned long long outputs,
+                                                      unsigned int values) {
+    float total = 0.0f;
+#pragma unroll 8
+    for (unsigned int s = 0; s < values; ++s) {
+        total = combine_chunk_partials(total, p[s * outputs]);
+    }
+    return total;
 }
 
-extern "C" __global__ void __launch_bounds__(TILE_THREADS)
-matmul_tiled_bf16(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
-                  unsigned short* __restrict__ out, unsigned int m, unsigned int n,
-                  unsigned int k) {
-    matmul_tiled_body<true>(x, w, out, m, n, k);
+extern "C" __global__ void matmul_split_combine_f32(const float* __restrict__ split,
+                                                    float* __restrict__ out,
+                                                    unsigned long long outputs,
+                                                    unsigned int values) {
+    unsigned long long o = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (o < outputs) {
+        out[o] = combine_split_values(split + o, outputs, values);
+    }
+}
+
+extern "C" __global__ void matmul_split_combine_bf16(const float* __restrict__ split,
+                                                     unsigned short* __restrict__ out,
+                                                     unsigned long long outputs,
+                                                     unsigned int values) {
+    unsigned long long o = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (o < outputs) {
+        out[o] = (unsigned short)round_bf16_bits(combine_split_values(split + o, outputs, values));
+    }
 }
 
 // ---- Activations rounded to bf16 bits once, for every matmul path (and cuBLAS). ----

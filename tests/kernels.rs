@@ -53,6 +53,14 @@ fn matmul_shapes<B: Backend>(b: &B) {
         // them), at one row (the wide pass) and at several.
         (1, 1_000_000, 8),
         (3, 200_000, 24),
+        // The CUDA GEMM: several 64x128 tiles with partial edges in both dimensions; k a
+        // multiple of 8 but not of its 16-deep K tiles, and k not a multiple of 8; split over
+        // groups of one and of several chunks; and enough tiles for one unsplit launch.
+        (130, 257, 4104),
+        (200, 136, 1030),
+        (72, 4096, 512),
+        (9, 300, 768),
+        (9, 50688, 264),
     ];
     // The reference model's shapes (Qwen3-8B: stacked q/k/v, stacked gate/up, down, the output
     // head) at decode and at a short prompt's rows: too slow for CI, so on request

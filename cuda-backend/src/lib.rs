@@ -44,8 +44,24 @@ const RMS_CHUNK_PAD: usize = 4;
 const ATTN_INPUTS_SKIP: u32 = u32::MAX;
 /// Mirrors `GEMV_THREADS` in matmul.cu.
 const GEMV_THREADS: u32 = 256;
-/// Mirrors `TILE_M`/`TILE_N` in matmul.cu.
-const TILE: usize = 64;
+/// Mirror `GEMM_BM`, `GEMM_BN`, `GEMM_THREADS` and `GEMM_TOTALS_BYTES` in matmul.cu.
+const GEMM_BM: usize = 64;
+const GEMM_BN: usize = 128;
+const GEMM_THREADS: u32 = 128;
+const GEMM_TOTALS_BYTES: u32 = 64 * GEMM_THREADS * 4;
+/// The GEMM's cost model (`gemm_group`), fitted to H100 timings, in units of one 64x128 tile
+/// times one chunk on a full SM (about 13.5 µs there). An SM holds `GEMM_BLOCKS_PER_SM` blocks
+/// (the kernel's `__launch_bounds__`); one or two alone run at `GEMM_SM_EFFICIENCY` of its
+/// throughput; each round of blocks costs `GEMM_BLOCK_UNITS` more (loading the first tile,
+/// writing outputs). A split adds the combine: `GEMM_SPLIT_UNITS_PER_BYTE` per byte of split
+/// values it reads (the GEMM's writes of them overlap its arithmetic) and `GEMM_SPLIT_UNITS_FIXED`.
+const GEMM_BLOCKS_PER_SM: usize = 3;
+const GEMM_SM_EFFICIENCY: [f64; GEMM_BLOCKS_PER_SM - 1] = [0.8, 0.96];
+const GEMM_BLOCK_UNITS: f64 = 0.45;
+const GEMM_SPLIT_UNITS_PER_BYTE: f64 = 1.0 / 40.0e6;
+const GEMM_SPLIT_UNITS_FIXED: f64 = 0.2;
+/// Largest scratch a split GEMM may take.
+const GEMM_SPLIT_MAX_BYTES: usize = 512 << 20;
 /// Mirrors `ATTN_THREADS`/`ATTN_MAX_HEAD_DIM` in attention.cu.
 const ATTN_THREADS: u32 = 256;
 const ATTN_MAX_HEAD_DIM: usize = 256;
@@ -218,8 +234,11 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "matmul_chunk_partials",
             "matmul_combine_f32",
             "matmul_combine_bf16",
-            "matmul_tiled_f32",
-            "matmul_tiled_bf16",
+            "matmul_gemm_f32",
+            "matmul_gemm_bf16",
+            "matmul_gemm_split",
+            "matmul_split_combine_f32",
+            "matmul_split_combine_bf16",
             "round_to_bf16",
         ],
     ),
@@ -780,7 +799,9 @@ impl CudaBackend {
     }
 
     /// Invariant matmul of more than `GEMV_MAX_ROWS` rows: `xb` (bf16 `[m, k]`) times `w` (bf16
-    /// `[n, k]`) into `out` (`[m, n]`).
+    /// `[n, k]`) into `out` (`[m, n]`). One launch of 64x128 output tiles; when those are too few
+    /// for the device, a split launch over groups of whole chunks (see `gemm_group`) and an
+    /// ordered combine. Both give the same bits.
     fn matmul_gemm(
         &self,
         xb: &CudaSlice<u16>,
@@ -791,35 +812,116 @@ impl CudaBackend {
         k: usize,
     ) -> Result<()> {
         let (m32, n32, k32) = (u32_arg(m, "m")?, u32_arg(n, "n")?, u32_arg(k, "k")?);
+        let tiles = m.div_ceil(GEMM_BM) * n.div_ceil(GEMM_BN);
+        if tiles > i32::MAX as usize {
+            return Err(Error::Unsupported(format!("matmul of {m}x{n} outputs")));
+        }
+        let chunks = k.div_ceil(DOT_CHUNK);
+        let group = Self::gemm_group(m, n, chunks, tiles, self.sm_count);
+        let groups = chunks.div_ceil(group);
+        let group32 = u32_arg(group, "chunks per group")?;
+        let cfg = LaunchConfig {
+            grid_dim: (tiles as u32, 1, groups as u32),
+            block_dim: (GEMM_THREADS, 1, 1),
+            shared_mem_bytes: GEMM_TOTALS_BYTES,
+        };
+        let name = match (groups, &*out) {
+            (1, Buf::F32(_)) => "matmul_gemm_f32",
+            (1, Buf::Bf16(_)) => "matmul_gemm_bf16",
+            _ => "matmul_gemm_split",
+        };
+        let f = self.func(name)?;
+        // The static tiles and the dynamic totals together exceed the 48 KB a block gets
+        // without opting in.
+        f.set_attribute(
+            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            GEMM_TOTALS_BYTES as i32,
+        )
+        .map_err(device_err("GEMM shared memory"))?;
+        if groups == 1 {
+            let mut l = self.stream.launch_builder(f);
+            l.arg(xb).arg(ws);
+            match out {
+                Buf::F32(o) => l.arg(o),
+                Buf::Bf16(o) => l.arg(o),
+            };
+            l.arg(&m32).arg(&n32).arg(&k32).arg(&group32);
+            // SAFETY: matmul_gemm_*(const unsigned short*, const unsigned short*, out*, unsigned
+            // int m, n, k, group) with GEMM_THREADS threads as its __launch_bounds__ and
+            // GEMM_TOTALS_BYTES of dynamic shared memory (opted in above); xb holds m*k, w n*k
+            // and out m*n elements; group covers all chunks, so the one z block of each tile
+            // writes its outputs.
+            unsafe { l.launch(cfg) }.map_err(device_err("matmul gemm"))?;
+            return Ok(());
+        }
+        // Group 0's running totals, then one partial per chunk of the later groups.
+        let values = chunks - group + 1;
+        let values32 = u32_arg(values, "split values")?;
+        // SAFETY: matmul_gemm_split writes every one of the values*m*n elements: slot 0 from the
+        // group 0 block of each tile, slot c - group + 1 from the block of chunk c's group.
+        let mut split = unsafe { self.alloc_uninit::<f32>(values * m * n)? };
+        let mut l = self.stream.launch_builder(f);
+        l.arg(xb)
+            .arg(ws)
+            .arg(&mut split)
+            .arg(&m32)
+            .arg(&n32)
+            .arg(&k32)
+            .arg(&group32);
+        // SAFETY: matmul_gemm_split(const unsigned short*, const unsigned short*, float*,
+        // unsigned int m, n, k, group) with GEMM_THREADS threads and GEMM_TOTALS_BYTES of
+        // dynamic shared memory (opted in above); xb holds m*k, w n*k and split values*m*n
+        // elements; every z block starts at a chunk below `chunks`.
+        unsafe { l.launch(cfg) }.map_err(device_err("matmul gemm split"))?;
+        let outputs = (m * n) as u64;
         let name = match out {
-            Buf::F32(_) => "matmul_tiled_f32",
-            Buf::Bf16(_) => "matmul_tiled_bf16",
+            Buf::F32(_) => "matmul_split_combine_f32",
+            Buf::Bf16(_) => "matmul_split_combine_bf16",
         };
         let f = self.func(name)?;
         let mut l = self.stream.launch_builder(f);
-        l.arg(xb).arg(ws);
+        l.arg(&split);
         match out {
             Buf::F32(o) => l.arg(o),
             Buf::Bf16(o) => l.arg(o),
         };
-        l.arg(&m32).arg(&n32).arg(&k32);
-        let cfg = LaunchConfig {
-            grid_dim: (
-                u32_arg(n.div_ceil(TILE), "n tiles")?,
-                u32_arg(m.div_ceil(TILE), "m tiles")?,
-                1,
-            ),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        if cfg.grid_dim.1 > 65535 {
-            return Err(Error::Unsupported(format!("matmul with m = {m}")));
-        }
-        // SAFETY: matmul_tiled_*(const unsigned short*, const unsigned short*, out*, unsigned
-        // int m, n, k); 256 threads as the kernel's __launch_bounds__; xb holds m*k, w n*k and
-        // out m*n elements.
-        unsafe { l.launch(cfg) }.map_err(device_err("matmul tiled"))?;
+        l.arg(&outputs).arg(&values32);
+        // SAFETY: matmul_split_combine_*(const float*, out*, unsigned long long, unsigned int);
+        // split holds values*outputs elements, out holds outputs.
+        unsafe { l.launch(grid_1d(m * n)?) }.map_err(device_err("matmul split combine"))?;
         Ok(())
+    }
+
+    /// Chunks per K group of the GEMM: all of them (one launch) unless splitting K fills the
+    /// device enough to pay for the combine. Only speed depends on it. The estimate (see
+    /// `GEMM_BLOCK_UNITS`) is the busiest SM's time: its blocks in rounds of
+    /// `GEMM_BLOCKS_PER_SM`, each block walking its share of the chunks.
+    fn gemm_group(m: usize, n: usize, chunks: usize, tiles: usize, sm_count: usize) -> usize {
+        let mut best = (f64::INFINITY, chunks);
+        for groups in 1..=chunks.min(16) {
+            let group = chunks.div_ceil(groups);
+            let groups = chunks.div_ceil(group);
+            let values = chunks - group + 1;
+            if groups > 1 && values.saturating_mul(m * n * 4) > GEMM_SPLIT_MAX_BYTES {
+                continue;
+            }
+            let per_sm = (tiles * groups).div_ceil(sm_count);
+            let (rounds, rest) = (per_sm / GEMM_BLOCKS_PER_SM, per_sm % GEMM_BLOCKS_PER_SM);
+            let mut blocks = (rounds * GEMM_BLOCKS_PER_SM) as f64;
+            if rest > 0 {
+                blocks += rest as f64 / GEMM_SM_EFFICIENCY[rest - 1];
+            }
+            let mut cost = blocks * chunks as f64 / groups as f64
+                + GEMM_BLOCK_UNITS * per_sm.div_ceil(GEMM_BLOCKS_PER_SM) as f64;
+            if groups > 1 {
+                cost += (values * m * n * 4) as f64 * GEMM_SPLIT_UNITS_PER_BYTE
+                    + GEMM_SPLIT_UNITS_FIXED;
+            }
+            if cost < best.0 {
+                best = (cost, group);
+            }
+        }
+        best.1
     }
 
     /// `KernelMode::Default` matmul: activations rounded to bf16 (`xb`), then cuBLAS GEMM with
