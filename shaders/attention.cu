@@ -45,6 +45,29 @@ __device__ __forceinline__ void attn_load_q(const AttnArgs& a, unsigned int row,
     __syncthreads();
 }
 
+// `acc` folded with p[0], p[1], …, p[n - 1] in that order by `step`. The fold is one dependent
+// chain, so its loads go out eight at a time ahead of it.
+template <class Step>
+__device__ __forceinline__ float fold_in_order(const float* p, unsigned int n, float acc,
+                                               Step step) {
+    unsigned int j = 0;
+    for (; j + 8 <= n; j += 8) {
+        float g[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            g[e] = p[j + e];
+        }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            acc = step(acc, g[e]);
+        }
+    }
+    for (; j < n; ++j) {
+        acc = step(acc, p[j]);
+    }
+    return acc;
+}
+
 // The partial of positions start..start+n of one (query, KV head) (contract::attention_block).
 // Leaves the block max and sum in shared memory and returns acc[threadIdx.x] (for threads below
 // head_dim). Starts and ends with a barrier, so it may be called in a loop.
@@ -103,26 +126,10 @@ __device__ float attn_block_partial(const AttnArgs& a, unsigned int table_start,
         s.p[j] = mul_rn(total, a.scale);
     }
     __syncthreads();
-    // The max and sum folds are one dependent chain each: their loads go out eight at a time
-    // ahead of the chain.
     if (threadIdx.x == 0) {
-        float m = s.p[0];
-        unsigned int j = 1;
-        for (; j + 8 <= n; j += 8) {
-            float g[8];
-#pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                g[e] = s.p[j + e];
-            }
-#pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                m = max_step(m, g[e]);
-            }
-        }
-        for (; j < n; ++j) {
-            m = max_step(m, s.p[j]);
-        }
-        s.block_max = m;
+        // A block always holds at least one position (n >= 1).
+        s.block_max = fold_in_order(s.p + 1, n - 1, s.p[0],
+                                    [](float acc, float v) { return max_step(acc, v); });
     }
     __syncthreads();
     const float m = s.block_max;
@@ -131,23 +138,7 @@ __device__ float attn_block_partial(const AttnArgs& a, unsigned int table_start,
     }
     __syncthreads();
     if (threadIdx.x == 0) {
-        float sum = 0.0f;
-        unsigned int j = 0;
-        for (; j + 8 <= n; j += 8) {
-            float g[8];
-#pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                g[e] = s.p[j + e];
-            }
-#pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                sum = sum + g[e];
-            }
-        }
-        for (; j < n; ++j) {
-            sum = sum + s.p[j];
-        }
-        s.block_sum = sum;
+        s.block_sum = fold_in_order(s.p, n, 0.0f, [](float acc, float v) { return acc + v; });
     }
     // Value sums: thread i < d owns dimension i and adds positions in ascending order; at each
     // position the threads read one contiguous row. Loads go out eight positions at a time

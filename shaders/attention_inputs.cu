@@ -49,7 +49,12 @@ extern "C" __global__ void attention_inputs(
     __syncthreads();
     const unsigned short* norm = is_q ? q_norm : k_norm;
     if (norm) {
-        float r = rms_block_scale(row, head_dim, squares, chunk_partials, &r_shared, inv_dim, eps);
+        for (unsigned int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+            squares[rms_staged_index(i)] = mul_rn(row[i], row[i]);
+        }
+        __syncthreads();
+        float r =
+            rms_scale_of_squares(squares, head_dim, chunk_partials, &r_shared, inv_dim, eps);
         for (unsigned int i = threadIdx.x; i < head_dim; i += blockDim.x) {
             row[i] = rms_apply(row[i], r, norm[i]);
         }

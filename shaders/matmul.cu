@@ -1,7 +1,8 @@
 // Matmul: activations [m, k] as bf16 bits (rounded once by round_to_bf16, or by the kernel that
-// produced them), times bf16 weights [n, k], giving [m, n] (contract::dot_bf16 per output). Every output's sum runs in the contract's order: K in
-// chunks of DOT_CHUNK, a per-chunk accumulator from +0.0 with k ascending, chunk partials
-// combined in ascending order by combine_chunk_partials. Every path below keeps that order, so
+// produced them), times bf16 weights [n, k], giving [m, n] (contract::dot_bf16 per output).
+// Every output's sum runs in the contract's order: K in chunks of DOT_CHUNK, a per-chunk
+// accumulator from +0.0 with k ascending, chunk partials combined in ascending order by
+// combine_chunk_partials. Every path below keeps that order, so
 // they give the same bits and the host picks by shape: the one-launch GEMV (m <= 8, k a
 // multiple of 8, at most GEMV_THREADS chunks: every model shape), the two-launch GEMV (m <= 8,
 // any k), and the tiled GEMM (larger m; one launch, or split over groups of chunks and combined
@@ -37,12 +38,10 @@ __device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
 
 // ---- The GEMV for k a multiple of 8 with at most GEMV_THREADS chunks (every model shape). ----
 //
-// A block computes `cols = GEMV_THREADS / chunks` output columns at a time, and strides over the
-// column groups (the host sizes the grid to what fits on the GPU at once, so no SM idles in a
-// last partial wave). Thread (chunk c, column j), chunk-major so that the lanes of a warp share
-// few chunks and their activation loads coincide, adds the chunk's products for every row in
-// the contract's order; the partials go to shared memory and one thread per (row, column)
-// combines them in ascending chunk order.
+// A block computes `cols = GEMV_THREADS / chunks` output columns. Thread (chunk c, column j),
+// chunk-major so that the lanes of a warp share few chunks and their activation loads coincide,
+// adds the chunk's products for every row in the contract's order; the partials go to shared
+// memory and one thread per (row, column) combines them in ascending chunk order.
 //
 // Weights reach the threads through shared memory, a pass of PASS weights per task at a time:
 // PASS / 8 lanes read one task's 2 * PASS contiguous bytes with 16-byte loads (a lane reading
@@ -50,10 +49,6 @@ __device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
 // the next pass are in flight while the current pass is added. Activations come pre-rounded to
 // bf16, read 8 at a time. A pass of 64 (whole 128-byte lines per task) streams the large
 // matrices faster; 32 needs fewer registers, which suits the smaller ones and several rows.
-
-#ifndef GEMV_MIN_BLOCKS
-#define GEMV_MIN_BLOCKS 1
-#endif
 
 template <bool BF16_OUT, int PASS>
 __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restrict__ x,
@@ -76,142 +71,143 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     uint4* mine = stage[threadIdx.x / 32];
     unsigned int lane = threadIdx.x % 32;
     unsigned int unit = lane % UNITS;
-    unsigned long long groups = (n + cols - 1) / cols;
-    for (unsigned long long group = blockIdx.x; group < groups; group += gridDim.x) {
-        unsigned long long j = group * cols + col_local;
-        bool active = c < chunks && j < n;
-        // Weights of this lane's task: `len` from `task_w` (0 for a lane without a task).
-        unsigned int len = active ? min(start + DOT_CHUNK, k) - start : 0;
-        const unsigned short* task_w = w + (active ? j * k + start : 0);
-        // The tasks this lane loads for, one per load instruction, and their weights.
-        const unsigned short* load_w[LOADS];
-        unsigned int load_len[LOADS];
+    unsigned long long j = (unsigned long long)blockIdx.x * cols + col_local;
+    bool active = c < chunks && j < n;
+    // Weights of this lane's task: `len` from `task_w` (0 for a lane without a task).
+    unsigned int len = active ? min(start + DOT_CHUNK, k) - start : 0;
+    const unsigned short* task_w = w + (active ? j * k + start : 0);
+    // The tasks this lane loads for, one per load instruction, and their weights.
+    const unsigned short* load_w[LOADS];
+    unsigned int load_len[LOADS];
+#pragma unroll
+    for (int i = 0; i < LOADS; ++i) {
+        unsigned int task = i * TASKS_PER_LOAD + lane / UNITS;
+        load_w[i] = (const unsigned short*)__shfl_sync(0xffffffffu,
+                                                       (unsigned long long)task_w, task);
+        load_len[i] = __shfl_sync(0xffffffffu, len, task);
+    }
+    uint4 next[LOADS];
+#pragma unroll
+    for (int i = 0; i < LOADS; ++i) {
+        next[i] = make_uint4(0u, 0u, 0u, 0u);
+        unsigned int at = unit * 8;
+        if (at < load_len[i]) {
+            next[i] = *reinterpret_cast<const uint4*>(load_w[i] + at);
+        }
+    }
+
+    float acc[GEMV_MAX_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+        acc[r] = 0.0f;
+    }
+    for (unsigned int pass = 0; pass < DOT_CHUNK; pass += PASS) {
 #pragma unroll
         for (int i = 0; i < LOADS; ++i) {
             unsigned int task = i * TASKS_PER_LOAD + lane / UNITS;
-            load_w[i] = (const unsigned short*)__shfl_sync(0xffffffffu,
-                                                           (unsigned long long)task_w, task);
-            load_len[i] = __shfl_sync(0xffffffffu, len, task);
+            mine[task * STAGE_ROW + unit] = next[i];
         }
-        uint4 next[LOADS];
-#pragma unroll
-        for (int i = 0; i < LOADS; ++i) {
-            next[i] = make_uint4(0u, 0u, 0u, 0u);
-            unsigned int at = unit * 8;
-            if (at < load_len[i]) {
-                next[i] = *reinterpret_cast<const uint4*>(load_w[i] + at);
-            }
-        }
-
-        float acc[GEMV_MAX_ROWS];
-#pragma unroll
-        for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-            acc[r] = 0.0f;
-        }
-        for (unsigned int pass = 0; pass < DOT_CHUNK; pass += PASS) {
+        __syncwarp();
+        unsigned int after = pass + PASS;
+        if (after < DOT_CHUNK) {
 #pragma unroll
             for (int i = 0; i < LOADS; ++i) {
-                unsigned int task = i * TASKS_PER_LOAD + lane / UNITS;
-                mine[task * STAGE_ROW + unit] = next[i];
-            }
-            __syncwarp();
-            unsigned int after = pass + PASS;
-            if (after < DOT_CHUNK) {
-#pragma unroll
-                for (int i = 0; i < LOADS; ++i) {
-                    unsigned int at = after + unit * 8;
-                    if (at < load_len[i]) {
-                        next[i] = *reinterpret_cast<const uint4*>(load_w[i] + at);
-                    }
+                unsigned int at = after + unit * 8;
+                if (at < load_len[i]) {
+                    next[i] = *reinterpret_cast<const uint4*>(load_w[i] + at);
                 }
             }
+        }
 #pragma unroll
-            for (unsigned int u = 0; u < UNITS; ++u) {
-                unsigned int at = pass + u * 8;
-                if (at < len) {
-                    float wv[8];
-                    unpack_bf16x8(mine[lane * STAGE_ROW + u], wv);
+        for (unsigned int u = 0; u < UNITS; ++u) {
+            unsigned int at = pass + u * 8;
+            if (at < len) {
+                float wv[8];
+                unpack_bf16x8(mine[lane * STAGE_ROW + u], wv);
 #pragma unroll
-                    for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-                        if (r < (int)m) {
-                            float xv[8];
-                            unpack_bf16x8(*reinterpret_cast<const uint4*>(
-                                              x + (unsigned long long)r * k + start + at),
-                                          xv);
-                            float a = acc[r];
+                for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+                    if (r < (int)m) {
+                        float xv[8];
+                        unpack_bf16x8(*reinterpret_cast<const uint4*>(
+                                          x + (unsigned long long)r * k + start + at),
+                                      xv);
+                        float a = acc[r];
 #pragma unroll
-                            for (int e = 0; e < 8; ++e) {
-                                a = fmaf(xv[e], wv[e], a);
-                            }
-                            acc[r] = a;
+                        for (int e = 0; e < 8; ++e) {
+                            a = fmaf(xv[e], wv[e], a);
                         }
+                        acc[r] = a;
                     }
                 }
             }
-            __syncwarp();
         }
-        if (active) {
+        __syncwarp();
+    }
+    if (active) {
 #pragma unroll
-            for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-                if (r < (int)m) {
-                    partials[(r * cols + col_local) * chunks + c] = acc[r];
-                }
+        for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+            if (r < (int)m) {
+                partials[(r * cols + col_local) * chunks + c] = acc[r];
             }
         }
-        __syncthreads();
-        // m * cols can exceed the block's threads (k of one chunk and several rows).
-        for (unsigned int i = threadIdx.x; i < m * cols; i += GEMV_THREADS) {
-            unsigned int r = i / cols;
-            unsigned int cl = i % cols;
-            unsigned long long jj = group * cols + cl;
-            if (jj < n) {
-                const float* p = partials + (r * cols + cl) * chunks;
-                float total = 0.0f;
-                for (unsigned int cc = 0; cc < chunks; ++cc) {
-                    total = combine_chunk_partials(total, p[cc]);
-                }
-                unsigned long long o = (unsigned long long)r * n + jj;
-                if (BF16_OUT) {
-                    ((unsigned short*)out)[o] = (unsigned short)round_bf16_bits(total);
-                } else {
-                    ((float*)out)[o] = total;
-                }
+    }
+    __syncthreads();
+    // m * cols can exceed the block's threads (k of one chunk and several rows).
+    for (unsigned int i = threadIdx.x; i < m * cols; i += GEMV_THREADS) {
+        unsigned int r = i / cols;
+        unsigned int cl = i % cols;
+        unsigned long long jj = (unsigned long long)blockIdx.x * cols + cl;
+        if (jj < n) {
+            const float* p = partials + (r * cols + cl) * chunks;
+            float total = 0.0f;
+            for (unsigned int cc = 0; cc < chunks; ++cc) {
+                total = combine_chunk_partials(total, p[cc]);
+            }
+            unsigned long long o = (unsigned long long)r * n + jj;
+            if (BF16_OUT) {
+                ((unsigned short*)out)[o] = (unsigned short)round_bf16_bits(total);
+            } else {
+                ((float*)out)[o] = total;
             }
         }
-        // The next group's partials overwrite these.
-        __syncthreads();
     }
 }
 
+// Blocks of the 32-wide pass an SM must hold: the register cap (64) this sets keeps four blocks
+// resident, where the compiler's own choice (72) left three, and the down projection (820
+// blocks) ran a third, nearly empty wave (Nsight Compute on the H100, 2026-11-23). The 64-wide
+// pass keeps its registers: capped, it spills.
+#define GEMV_NARROW_BLOCKS 4
+
 // x: bf16 bits [m, k].
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_NARROW_BLOCKS)
 matmul_gemv_f32(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
                 float* __restrict__ out, unsigned int m, unsigned int n, unsigned int k) {
     matmul_gemv_body<false, 32>(x, w, out, m, n, k);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_NARROW_BLOCKS)
 matmul_gemv_bf16(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
                  unsigned short* __restrict__ out, unsigned int m, unsigned int n,
                  unsigned int k) {
     matmul_gemv_body<true, 32>(x, w, out, m, n, k);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
 matmul_gemv_wide_f32(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
                      float* __restrict__ out, unsigned int m, unsigned int n, unsigned int k) {
     matmul_gemv_body<false, 64>(x, w, out, m, n, k);
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
 matmul_gemv_wide_bf16(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
                       unsigned short* __restrict__ out, unsigned int m, unsigned int n,
                       unsigned int k) {
     matmul_gemv_body<true, 64>(x, w, out, m, n, k);
 }
 
-// Any k: one thread per (output column j, chunk c), c fastest, writing
-// partials[(r * n + j) * chunks + c]; a second kernel combines them.
+// Any k: one thread per (output column j, chunk c), c fastest, writing chunk-major
+// partials[c * m * n + r * n + j]; matmul_split_combine_* combines them.
 extern "C" __global__ void matmul_chunk_partials(const unsigned short* __restrict__ x,
                                                  const unsigned short* __restrict__ w,
                                                  float* __restrict__ partials, unsigned int m,
@@ -229,35 +225,8 @@ extern "C" __global__ void matmul_chunk_partials(const unsigned short* __restric
 #pragma unroll
     for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
         if (r < (int)m) {
-            partials[((unsigned long long)r * n + j) * chunks + c] = acc[r];
+            partials[(unsigned long long)c * m * n + (unsigned long long)r * n + j] = acc[r];
         }
-    }
-}
-
-// One thread per output: the chunk partials combined in ascending order from +0.0.
-__device__ __forceinline__ float combine_row_of_partials(const float* p, unsigned int chunks) {
-    float total = 0.0f;
-    for (unsigned int c = 0; c < chunks; ++c) {
-        total = combine_chunk_partials(total, p[c]);
-    }
-    return total;
-}
-
-extern "C" __global__ void matmul_combine_f32(const float* __restrict__ partials,
-                                              float* __restrict__ out, unsigned long long outputs,
-                                              unsigned int chunks) {
-    unsigned long long o = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (o < outputs) {
-        out[o] = combine_row_of_partials(partials + o * chunks, chunks);
-    }
-}
-
-extern "C" __global__ void matmul_combine_bf16(const float* __restrict__ partials,
-                                               unsigned short* __restrict__ out,
-                                               unsigned long long outputs, unsigned int chunks) {
-    unsigned long long o = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (o < outputs) {
-        out[o] = (unsigned short)round_bf16_bits(combine_row_of_partials(partials + o * chunks, chunks));
     }
 }
 
@@ -414,8 +383,8 @@ __device__ __forceinline__ void gemm_write(void* __restrict__ out, const float* 
 }
 
 // Block (blockIdx.x % m_tiles, blockIdx.x / m_tiles) of the output tiles, row tiles fastest so
-// that blocks running together share weights; blockIdx.z walks chunks [z * group, (z + 1) *
-// group). With OUT == GEMM_OUT_SPLIT, value s of output o goes to out[s * m * n + o]: s = 0 is
+// that blocks running together share weights; blockIdx.z walks chunks z * group up to
+// (z + 1) * group, exclusive. With OUT == GEMM_OUT_SPLIT, value s of output o goes to out[s * m * n + o]: s = 0 is
 // group 0's running total, s = c - group + 1 the partial of chunk c of a later group.
 template <int OUT>
 __device__ __forceinline__ void gemm_body(const unsigned short* __restrict__ x,
@@ -551,8 +520,9 @@ GEMM_KERNEL(matmul_gemm_f32, GEMM_OUT_F32, float)
 GEMM_KERNEL(matmul_gemm_bf16, GEMM_OUT_BF16, unsigned short)
 GEMM_KERNEL(matmul_gemm_split, GEMM_OUT_SPLIT, float)
 
-// One thread per output: the `values` split values of output o (value s at s * outputs + o)
-// combined in ascending order from +0.0.
+// One thread per output: the `values` partial sums of output o (value s at s * outputs + o),
+// combined in ascending order from +0.0. Used by the split GEMM and by the two-launch GEMV
+// (whose values are all chunk partials).
 __device__ __forceinline__ float combine_split_values(const float* __restrict__ p,
                                                       unsigned long long outputs,
                                                       unsigned int values) {

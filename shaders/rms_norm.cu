@@ -75,18 +75,13 @@ __device__ __forceinline__ float rms_scale(const float* chunk_partials, unsigned
     return contract_rsqrt(mul_rn(total, inv_dim) + eps);
 }
 
-// The scale 1/rms of `row` (dim values), returned to every thread of the block; every thread
-// must call it. `squares` is shared memory for the padded squares, `chunk_partials` one shared
-// float per chunk.
-__device__ __forceinline__ float rms_block_scale(const float* row, unsigned int dim,
-                                                 float* squares, float* chunk_partials,
-                                                 float* r_shared, float inv_dim, float eps) {
+// The scale 1/rms of a row whose squares are staged in `squares` (padded chunks), returned to
+// every thread of the block; every thread must call it, after a barrier that follows the
+// staging. `chunk_partials` is one shared float per chunk.
+__device__ __forceinline__ float rms_scale_of_squares(const float* squares, unsigned int dim,
+                                                      float* chunk_partials, float* r_shared,
+                                                      float inv_dim, float eps) {
     unsigned int chunks = (dim + DOT_CHUNK - 1) / DOT_CHUNK;
-    for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
-        float v = row[i];
-        squares[rms_staged_index(i)] = mul_rn(v, v);
-    }
-    __syncthreads();
     for (unsigned int c = threadIdx.x; c < chunks; c += blockDim.x) {
         unsigned int start = c * DOT_CHUNK;
         chunk_partials[c] =
@@ -104,6 +99,14 @@ __device__ __forceinline__ float rms_apply(float v, float r, unsigned short weig
     return mul_rn(mul_rn(v, r), bf16_to_f32(weight));
 }
 
+// A thread's elements i = threadIdx.x + e * blockDim.x are handled RMS_GROUP at a time, all
+// loads before any store: the compiler may not move a load past a store that could alias it,
+// so one element at a time would wait out a memory latency per element. A thread's first group
+// (all of its elements when the row fits in one group per thread, as the host arranges for
+// model widths) and its weights stay in registers for the output, so a row costs one round trip
+// to memory before the reduction and none after it.
+#define RMS_GROUP 8
+
 extern "C" __global__ void rms_norm(const float* __restrict__ x,
                                     const float* __restrict__ residual,
                                     float* __restrict__ sum_out,
@@ -115,20 +118,47 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x,
     __shared__ float r_shared;
     unsigned long long row_start = (unsigned long long)blockIdx.x * dim;
     const float* row = x + row_start;
+    const float* residual_row = residual ? residual + row_start : nullptr;
     unsigned int chunks = (dim + DOT_CHUNK - 1) / DOT_CHUNK;
-    if (residual) {
-        // The sum first, so that every later read sees it.
-        for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
-            sum_out[row_start + i] = row[i] + residual[row_start + i];
+    float first_v[RMS_GROUP] = {};
+    unsigned short first_w[RMS_GROUP] = {};
+    // The row (x, or x + residual written to sum_out), and its squares when staged.
+    for (unsigned int i0 = threadIdx.x; i0 < dim; i0 += RMS_GROUP * blockDim.x) {
+        float v[RMS_GROUP];
+#pragma unroll
+        for (int e = 0; e < RMS_GROUP; ++e) {
+            unsigned int i = i0 + e * blockDim.x;
+            v[e] = 0.0f;
+            if (i < dim) {
+                v[e] = residual_row ? row[i] + residual_row[i] : row[i];
+                if (i0 == threadIdx.x) {
+                    first_v[e] = v[e];
+                    first_w[e] = weight[i];
+                }
+            }
         }
-        __syncthreads();
+#pragma unroll
+        for (int e = 0; e < RMS_GROUP; ++e) {
+            unsigned int i = i0 + e * blockDim.x;
+            if (i < dim) {
+                if (residual_row) {
+                    sum_out[row_start + i] = v[e];
+                }
+                if (staged) {
+                    shared[rms_staged_index(i)] = mul_rn(v[e], v[e]);
+                }
+            }
+        }
+    }
+    if (residual_row) {
         row = sum_out + row_start;
     }
+    __syncthreads();
     float r;
     if (staged) {
-        // Squares first (padded chunks), the chunk partials after them.
+        // The chunk partials follow the padded squares.
         float* chunk_partials = shared + rms_staged_index(chunks * DOT_CHUNK);
-        r = rms_block_scale(row, dim, shared, chunk_partials, &r_shared, inv_dim, eps);
+        r = rms_scale_of_squares(shared, dim, chunk_partials, &r_shared, inv_dim, eps);
     } else {
         float* chunk_partials = shared;
         for (unsigned int c = threadIdx.x; c < chunks; c += blockDim.x) {
@@ -143,9 +173,27 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x,
         __syncthreads();
         r = r_shared;
     }
-    for (unsigned int i = threadIdx.x; i < dim; i += blockDim.x) {
-        float y = rms_apply(row[i], r, weight[i]);
-        out[row_start + i] = y;
-        rounded[row_start + i] = (unsigned short)round_bf16_bits(y);
+    for (unsigned int i0 = threadIdx.x; i0 < dim; i0 += RMS_GROUP * blockDim.x) {
+        float v[RMS_GROUP];
+        unsigned short w[RMS_GROUP];
+#pragma unroll
+        for (int e = 0; e < RMS_GROUP; ++e) {
+            unsigned int i = i0 + e * blockDim.x;
+            v[e] = first_v[e];
+            w[e] = first_w[e];
+            if (i < dim && i0 != threadIdx.x) {
+                v[e] = row[i];
+                w[e] = weight[i];
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < RMS_GROUP; ++e) {
+            unsigned int i = i0 + e * blockDim.x;
+            if (i < dim) {
+                float y = rms_apply(v[e], r, w[e]);
+                out[row_start + i] = y;
+                rounded[row_start + i] = (unsigned short)round_bf16_bits(y);
+            }
+        }
     }
 }

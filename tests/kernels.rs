@@ -49,8 +49,7 @@ fn matmul_shapes<B: Backend>(b: &B) {
         (4, 513, 8),
         (6, 260, 1536),
         (7, 40, 1000),
-        // More column groups than the CUDA GEMV's grid holds at once (blocks stride over
-        // them), at one row (the wide pass) and at several.
+        // Many column blocks of the CUDA GEMV, at one row (its wide pass) and at several.
         (1, 1_000_000, 8),
         (3, 200_000, 24),
         // The CUDA GEMM: several 64x128 tiles with partial edges in both dimensions; k a

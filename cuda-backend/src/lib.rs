@@ -38,6 +38,9 @@ const GEMV_MAX_ROWS: usize = 8;
 const SHARED_BYTES: usize = 48 * 1024;
 /// Index arrays whose device copies are kept for reuse (see `upload_indices`).
 const RECENT_INDEX_UPLOADS: usize = 8;
+/// Threads of an RMSNorm block: one group of `RMS_GROUP` (rms_norm.cu) elements per thread for
+/// rows up to 8192 wide, so that the row stays in registers.
+const RMS_THREADS: u32 = 1024;
 /// Mirrors `RMS_CHUNK_PAD` in rms_norm.cu.
 const RMS_CHUNK_PAD: usize = 4;
 /// Mirrors `ATTN_INPUTS_SKIP` in attention_inputs.cu.
@@ -232,8 +235,6 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "matmul_gemv_wide_f32",
             "matmul_gemv_wide_bf16",
             "matmul_chunk_partials",
-            "matmul_combine_f32",
-            "matmul_combine_bf16",
             "matmul_gemm_f32",
             "matmul_gemm_bf16",
             "matmul_gemm_split",
@@ -283,16 +284,9 @@ fn family_source(family: &str, arch: &str) -> Result<(String, CompileOptions)> {
         };
         return Ok((src.to_string(), opts));
     }
-    let mut src = sources::source(family)
+    let src = sources::source(family)
         .ok_or_else(|| Error::Device(format!("no CUDA kernel family {family}")))?;
-    if let Ok(defines) = std::env::var("DITTO_CUDA_DEFINES") {
-        let lines: String = defines
-            .split(',')
-            .filter_map(|d| d.split_once('='))
-            .map(|(k, v)| format!("#define {k} {v}\n"))
-            .collect();
-        src = lines + &src;
-    }
+
     // The contract: no contraction, no flush-to-zero, IEEE division and square root (the
     // kernels use neither, but nothing may be approximated behind their back).
     let opts = CompileOptions {
@@ -457,15 +451,6 @@ impl CudaBackend {
                 let f = module
                     .load_function(entry)
                     .map_err(|e| Error::Device(format!("{family}.cu: no kernel {entry}: {e}")))?;
-                if entry.starts_with("matmul_gemv") {
-                    // As much shared memory as the SM has, so that the GEMV's per-block staging
-                    // does not cap how many blocks stream weights at once. Only speed depends on
-                    // it.
-                    let _ = f.set_attribute(
-                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-                        100,
-                    );
-                }
                 functions.insert(*entry, f);
             }
         }
@@ -699,7 +684,7 @@ impl CudaBackend {
             .arg(&staged32);
         let cfg = LaunchConfig {
             grid_dim: (u32_arg(rows, "rows")?, 1, 1),
-            block_dim: (THREADS, 1, 1),
+            block_dim: (RMS_THREADS, 1, 1),
             shared_mem_bytes: shared as u32,
         };
         // SAFETY: rms_norm(const float* x, const float* residual, float* sum_out, const unsigned
@@ -727,11 +712,9 @@ impl CudaBackend {
         if k.is_multiple_of(8) && chunks <= GEMV_THREADS as usize {
             let cols = GEMV_THREADS as usize / chunks;
             // The wide pass streams large matrices faster at one row; it costs registers.
-            let wide = match std::env::var("DITTO_GEMV_WIDE").as_deref() {
-                Ok("never") => false,
-                Ok("always") => true,
-                _ => m == 1 && n >= 16384,
-            };
+            // Measured on the H100: faster for the stacked gate/up and the output head, slower
+            // for the narrower projections and for several rows.
+            let wide = m == 1 && n >= 16384;
             let name = match (&*out, wide) {
                 (Buf::F32(_), false) => "matmul_gemv_f32",
                 (Buf::Bf16(_), false) => "matmul_gemv_bf16",
@@ -739,11 +722,6 @@ impl CudaBackend {
                 (Buf::Bf16(_), true) => "matmul_gemv_wide_bf16",
             };
             let f = self.func(name)?;
-            let resident = f
-                .occupancy_max_active_blocks_per_multiprocessor(GEMV_THREADS, 0, None)
-                .map_err(device_err("GEMV occupancy"))?
-                .max(1) as usize;
-            let blocks = n.div_ceil(cols).min(resident * self.sm_count);
             let mut l = self.stream.launch_builder(f);
             l.arg(xb);
             l.arg(ws);
@@ -753,7 +731,7 @@ impl CudaBackend {
             };
             l.arg(&m32).arg(&n32).arg(&k32);
             let cfg = LaunchConfig {
-                grid_dim: (u32_arg(blocks, "column blocks")?, 1, 1),
+                grid_dim: (u32_arg(n.div_ceil(cols), "column blocks")?, 1, 1),
                 block_dim: (GEMV_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
@@ -779,23 +757,7 @@ impl CudaBackend {
         // unsigned int m, n, k); xb holds m*k, w n*k, partials m*n*chunks elements; m is at
         // most GEMV_MAX_ROWS.
         unsafe { l.launch(grid_1d(n * chunks)?) }.map_err(device_err("matmul partials"))?;
-        let outputs = (m * n) as u64;
-        let name = match out {
-            Buf::F32(_) => "matmul_combine_f32",
-            Buf::Bf16(_) => "matmul_combine_bf16",
-        };
-        let f = self.func(name)?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&partials);
-        match out {
-            Buf::F32(o) => l.arg(o),
-            Buf::Bf16(o) => l.arg(o),
-        };
-        l.arg(&outputs).arg(&chunks32);
-        // SAFETY: matmul_combine_*(const float*, out*, unsigned long long, unsigned int);
-        // partials holds outputs*chunks elements, out holds outputs.
-        unsafe { l.launch(grid_1d(m * n)?) }.map_err(device_err("matmul combine"))?;
-        Ok(())
+        self.combine_in_order(&partials, chunks32, out, m * n)
     }
 
     /// Invariant matmul of more than `GEMV_MAX_ROWS` rows: `xb` (bf16 `[m, k]`) times `w` (bf16
@@ -873,22 +835,35 @@ impl CudaBackend {
         // dynamic shared memory (opted in above); xb holds m*k, w n*k and split values*m*n
         // elements; every z block starts at a chunk below `chunks`.
         unsafe { l.launch(cfg) }.map_err(device_err("matmul gemm split"))?;
-        let outputs = (m * n) as u64;
+        self.combine_in_order(&split, values32, out, m * n)
+    }
+
+    /// `values` partial sums per output, value-major (`values[s * outputs + o]`), added in
+    /// ascending order from +0.0 into `out` (matmul_split_combine_*).
+    fn combine_in_order(
+        &self,
+        values: &CudaSlice<f32>,
+        count: u32,
+        out: &mut Buf,
+        outputs: usize,
+    ) -> Result<()> {
         let name = match out {
             Buf::F32(_) => "matmul_split_combine_f32",
             Buf::Bf16(_) => "matmul_split_combine_bf16",
         };
         let f = self.func(name)?;
         let mut l = self.stream.launch_builder(f);
-        l.arg(&split);
+        let outputs64 = outputs as u64;
+        l.arg(values);
         match out {
             Buf::F32(o) => l.arg(o),
             Buf::Bf16(o) => l.arg(o),
         };
-        l.arg(&outputs).arg(&values32);
-        // SAFETY: matmul_split_combine_*(const float*, out*, unsigned long long, unsigned int);
-        // split holds values*outputs elements, out holds outputs.
-        unsafe { l.launch(grid_1d(m * n)?) }.map_err(device_err("matmul split combine"))?;
+        l.arg(&outputs64).arg(&count);
+        // SAFETY: matmul_split_combine_*(const float*, out*, unsigned long long outputs,
+        // unsigned int values); callers pass `values` holding count*outputs elements and an
+        // `out` of outputs elements.
+        unsafe { l.launch(grid_1d(outputs)?) }.map_err(device_err("matmul combine"))?;
         Ok(())
     }
 
@@ -1268,9 +1243,9 @@ impl Backend for CudaBackend {
             }
         };
         if m <= GEMV_MAX_ROWS {
-            self.matmul_gemv(&xb, ws, &mut result, m, n, k)?;
+            self.matmul_gemv(xb, ws, &mut result, m, n, k)?;
         } else {
-            self.matmul_gemm(&xb, ws, &mut result, m, n, k)?;
+            self.matmul_gemm(xb, ws, &mut result, m, n, k)?;
         }
         Ok(CudaTensor {
             buf: result,
