@@ -127,8 +127,8 @@ __device__ float attn_block_partial(const AttnArgs& a, unsigned int table_start,
     }
     __syncthreads();
     if (threadIdx.x == 0) {
-        // A block always holds at least one position (n >= 1).
-        s.block_max = fold_in_order(s.p + 1, n - 1, s.p[0],
+        // A block always holds at least one position; the guard keeps n - 1 from wrapping.
+        s.block_max = fold_in_order(s.p + 1, n > 0 ? n - 1 : 0, s.p[0],
                                     [](float acc, float v) { return max_step(acc, v); });
     }
     __syncthreads();

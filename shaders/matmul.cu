@@ -15,7 +15,7 @@
 #define GEMV_MAX_ROWS 8
 #define GEMV_THREADS 256
 
-// The partial sums of one chunk of one weight row, for every row of x (f32, rounded here): one
+// The partial sums of one chunk of one weight row, for every row of x (bf16 bits): one
 // accumulator per x row from +0.0, k ascending. The general path: any k, any number of chunks.
 __device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
                                            const unsigned short* __restrict__ w_row,

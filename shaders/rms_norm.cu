@@ -107,13 +107,18 @@ __device__ __forceinline__ float rms_apply(float v, float r, unsigned short weig
 // to memory before the reduction and none after it.
 #define RMS_GROUP 8
 
-extern "C" __global__ void rms_norm(const float* __restrict__ x,
-                                    const float* __restrict__ residual,
-                                    float* __restrict__ sum_out,
-                                    const unsigned short* __restrict__ weight,
-                                    float* __restrict__ out,
-                                    unsigned short* __restrict__ rounded, unsigned int dim,
-                                    float eps, float inv_dim, unsigned int staged) {
+// RMS_THREADS (1024) threads a block, as the host launches it.
+extern "C" __global__ void __launch_bounds__(1024)
+rms_norm(const float* __restrict__ x,
+         const float* __restrict__ residual,
+         float* __restrict__ sum_out,
+         const unsigned short* __restrict__ weight,
+         float* __restrict__ out,
+         unsigned short* __restrict__ rounded,
+         unsigned int dim,
+         float eps,
+         float inv_dim,
+         unsigned int staged) {
     extern __shared__ __align__(16) float shared[];
     __shared__ float r_shared;
     unsigned long long row_start = (unsigned long long)blockIdx.x * dim;
