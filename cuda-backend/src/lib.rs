@@ -377,6 +377,37 @@ fn u32_arg(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::Input(format!("{what} = {v} exceeds 32 bits")))
 }
 
+/// Checks that both caches are bf16 and hold every slot of `slots` (rows of `row_len`).
+fn check_kv_slots(
+    what: &str,
+    k_cache: &CudaTensor,
+    v_cache: &CudaTensor,
+    slots: &[u32],
+    row_len: usize,
+) -> Result<()> {
+    for cache in [k_cache, v_cache] {
+        if cache.dtype() != DType::Bf16 {
+            return Err(Error::Input(format!("{what}: cache not bf16")));
+        }
+        let slots_in_cache = cache.len / row_len.max(1);
+        if let Some(s) = slots.iter().find(|&&s| s as usize >= slots_in_cache) {
+            return Err(Error::Input(format!(
+                "{what}: slot {s} past the cache's {slots_in_cache} slots"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// For each row, whether it is the last to name its slot. A slot named twice keeps its last
+/// row, as in the cpu backend's sequential loop, so no two threads ever write one element.
+fn last_write_of_slot(slots: &[u32]) -> Vec<bool> {
+    let mut seen = std::collections::HashSet::new();
+    let mut last: Vec<bool> = slots.iter().rev().map(|&s| seen.insert(s)).collect();
+    last.reverse();
+    last
+}
+
 impl CudaBackend {
     /// The backend on device 0.
     pub fn new(mode: KernelMode) -> Result<Self> {
@@ -1108,17 +1139,7 @@ impl Backend for CudaBackend {
                 a.slots.len()
             )));
         }
-        for cache in [&*k_cache, &*v_cache] {
-            if cache.dtype() != DType::Bf16 {
-                return Err(Error::Input("attention_inputs: cache not bf16".into()));
-            }
-            let slots_in_cache = cache.len / kv_len.max(1);
-            if let Some(s) = a.slots.iter().find(|&&s| s as usize >= slots_in_cache) {
-                return Err(Error::Input(format!(
-                    "attention_inputs: slot {s} past the cache's {slots_in_cache} slots"
-                )));
-            }
-        }
+        check_kv_slots("attention_inputs", k_cache, v_cache, a.slots, kv_len)?;
         if let Some((qn, kn, _)) = a.qk_norm {
             expect_tensor(qn, "q norm weight", DType::Bf16, head_dim)?;
             expect_tensor(kn, "k norm weight", DType::Bf16, head_dim)?;
@@ -1133,14 +1154,12 @@ impl Backend for CudaBackend {
                 "attention inputs with head_dim {head_dim}"
             )));
         }
-        // A slot named twice keeps its last row, as write_kv does.
-        let mut slots = a.slots.to_vec();
-        let mut seen = std::collections::HashSet::new();
-        for s in slots.iter_mut().rev() {
-            if !seen.insert(*s) {
-                *s = ATTN_INPUTS_SKIP;
-            }
-        }
+        let slots: Vec<u32> = a
+            .slots
+            .iter()
+            .zip(last_write_of_slot(a.slots))
+            .map(|(&s, last)| if last { s } else { ATTN_INPUTS_SKIP })
+            .collect();
         let (d_pos, d_slots) = (
             self.upload_indices(a.positions)?,
             self.upload_indices(&slots)?,
@@ -1352,7 +1371,25 @@ impl Backend for CudaBackend {
     }
 
     fn add(&self, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
-        self.binary("add", a, b)
+        let (sa, sb) = (a.f32s("add")?, b.f32s("add")?);
+        if a.len != b.len {
+            return Err(Error::Input("add: operands differ in length".into()));
+        }
+        let mut out = self.f32_output(a.len)?;
+        if a.len == 0 {
+            return Ok(out);
+        }
+        let len = a.len as u64;
+        let Buf::F32(o) = &mut out.buf else {
+            unreachable!("f32_output is f32")
+        };
+        let f = self.func("add")?;
+        let mut l = self.stream.launch_builder(f);
+        l.arg(sa).arg(sb).arg(o).arg(&len);
+        // SAFETY: add(const float*, const float*, float*, unsigned long long); all three
+        // buffers hold len elements.
+        unsafe { l.launch(grid_1d(a.len)?) }.map_err(device_err("add"))?;
+        Ok(out)
     }
 
     fn add_bias(
@@ -1397,29 +1434,13 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         expect_tensor(k, "write_kv k", DType::F32, slots.len() * row_len)?;
         expect_tensor(v, "write_kv v", DType::F32, slots.len() * row_len)?;
-        for cache in [&*k_cache, &*v_cache] {
-            if cache.dtype() != DType::Bf16 {
-                return Err(Error::Input("write_kv: cache not bf16".into()));
-            }
-            let slots_in_cache = cache.len / row_len.max(1);
-            if let Some(s) = slots.iter().find(|&&s| s as usize >= slots_in_cache) {
-                return Err(Error::Input(format!(
-                    "write_kv: slot {s} past the cache's {slots_in_cache} slots"
-                )));
-            }
-        }
+        check_kv_slots("write_kv", k_cache, v_cache, slots, row_len)?;
         if slots.is_empty() || row_len == 0 {
             return Ok(());
         }
-        // A slot named twice keeps its last row, as in the cpu backend's sequential loop; the
-        // kernel then never has two threads writing one element.
-        let mut last: HashMap<u32, u32> = HashMap::new();
-        for (i, &s) in slots.iter().enumerate() {
-            last.insert(s, i as u32);
-        }
         let (mut src_rows, mut dst_slots) = (Vec::new(), Vec::new());
-        for (i, &s) in slots.iter().enumerate() {
-            if last[&s] == i as u32 {
+        for (i, (&s, last)) in slots.iter().zip(last_write_of_slot(slots)).enumerate() {
+            if last {
                 src_rows.push(i as u32);
                 dst_slots.push(s);
             }
@@ -1689,34 +1710,23 @@ impl Backend for CudaBackend {
     }
 }
 
-impl CudaBackend {
-    /// add: two f32 tensors of one length in, one out.
-    fn binary(&self, name: &str, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
-        let (sa, sb) = (a.f32s(name)?, b.f32s(name)?);
-        if a.len != b.len {
-            return Err(Error::Input(format!("{name}: operands differ in length")));
-        }
-        let mut out = self.f32_output(a.len)?;
-        if a.len == 0 {
-            return Ok(out);
-        }
-        let len = a.len as u64;
-        let Buf::F32(o) = &mut out.buf else {
-            unreachable!("f32_tensor is f32")
-        };
-        let f = self.func(name)?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(sa).arg(sb).arg(o).arg(&len);
-        // SAFETY: add(const float*, const float*, float*, unsigned long long); all
-        // three buffers hold len elements.
-        unsafe { l.launch(grid_1d(a.len)?) }.map_err(device_err(name))?;
-        Ok(out)
-    }
-}
-
 impl Drop for CudaBackend {
     fn drop(&mut self) {
         // Finish queued work before the buffers and modules go; an error here has nowhere to go.
         let _ = self.ctx.synchronize();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_write_of_slot;
+
+    #[test]
+    fn a_slot_named_twice_keeps_its_last_row() {
+        assert_eq!(
+            last_write_of_slot(&[3, 1, 3, 2, 1]),
+            [false, false, true, true, true]
+        );
+        assert!(last_write_of_slot(&[]).is_empty());
     }
 }
