@@ -49,8 +49,83 @@ __device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
 // the next pass are in flight while the current pass is added. Activations come pre-rounded to
 // bf16, read 8 at a time. A pass of 64 (whole 128-byte lines per task) streams the large
 // matrices faster; 32 needs fewer registers, which suits the smaller ones and several rows.
+//
+// Activations: every block reads all of x (m x k), each value once per warp that needs it, so
+// from global memory nearly every read missed L1 and a lane waited out an L2 round trip per
+// 8-element unit (Nsight on the H100: the top stall, with a 25% L1 hit rate). So a block first
+// copies x to shared memory (dynamic, m * k * 2 bytes; the host's GEMV_SHARED_X_MAX bounds it).
+// A larger x stays in global memory: the block then prefetches its lines to L1 and loads weights
+// past L1 (ld.global.cg) so that the stream of weights does not evict them.
 
-template <bool BF16_OUT, int PASS>
+// Each thread's chunk partials go to `partials`; then one thread per (row, column) combines its
+// column's partials in ascending chunk order and writes the output.
+template <bool BF16_OUT>
+__device__ __forceinline__ void gemv_combine(float* partials, const float acc[GEMV_MAX_ROWS],
+                                             void* __restrict__ out, bool active, unsigned int c,
+                                             unsigned int chunks, unsigned int cols,
+                                             unsigned int col_local, unsigned int m,
+                                             unsigned int n) {
+    if (active) {
+#pragma unroll
+        for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+            if (r < (int)m) {
+                partials[(r * cols + col_local) * chunks + c] = acc[r];
+            }
+        }
+    }
+    __syncthreads();
+    // m * cols can exceed the block's threads (k of one chunk and several rows).
+    for (unsigned int i = threadIdx.x; i < m * cols; i += GEMV_THREADS) {
+        unsigned int r = i / cols;
+        unsigned int cl = i % cols;
+        unsigned long long jj = (unsigned long long)blockIdx.x * cols + cl;
+        if (jj < n) {
+            const float* p = partials + (r * cols + cl) * chunks;
+            float total = 0.0f;
+            for (unsigned int cc = 0; cc < chunks; ++cc) {
+                total = combine_chunk_partials(total, p[cc]);
+            }
+            unsigned long long o = (unsigned long long)r * n + jj;
+            if (BF16_OUT) {
+                ((unsigned short*)out)[o] = (unsigned short)round_bf16_bits(total);
+            } else {
+                ((float*)out)[o] = total;
+            }
+        }
+    }
+}
+
+// Where the block reads x from: a copy in shared memory (`shared_x`), or global memory after a
+// prefetch of every line to L1.
+template <bool X_SHARED>
+__device__ __forceinline__ const unsigned short* gemv_activations(const unsigned short* x,
+                                                                  uint4* shared_x, unsigned int m,
+                                                                  unsigned int k) {
+    unsigned int units = m * k / 8;
+    if (X_SHARED) {
+        const uint4* from = reinterpret_cast<const uint4*>(x);
+        for (unsigned int i = threadIdx.x; i < units; i += blockDim.x) {
+            shared_x[i] = from[i];
+        }
+        __syncthreads();
+        return reinterpret_cast<const unsigned short*>(shared_x);
+    }
+    // One prefetch per 128-byte line (8 units of 16 bytes).
+    for (unsigned int i = threadIdx.x * 8; i < units; i += blockDim.x * 8) {
+        asm volatile("prefetch.global.L1 [%0];\n" ::"l"(x + i * 8));
+    }
+    return x;
+}
+
+template <bool X_SHARED>
+__device__ __forceinline__ uint4 gemv_weight_load(const unsigned short* p) {
+    if (X_SHARED) {
+        return *reinterpret_cast<const uint4*>(p);
+    }
+    return __ldcg(reinterpret_cast<const uint4*>(p));
+}
+
+template <bool BF16_OUT, int PASS, bool X_SHARED>
 __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restrict__ x,
                                                  const unsigned short* __restrict__ w,
                                                  void* __restrict__ out, unsigned int m,
@@ -92,9 +167,12 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
         next[i] = make_uint4(0u, 0u, 0u, 0u);
         unsigned int at = unit * 8;
         if (at < load_len[i]) {
-            next[i] = *reinterpret_cast<const uint4*>(load_w[i] + at);
+            next[i] = gemv_weight_load<X_SHARED>(load_w[i] + at);
         }
     }
+    // After the first weight loads are out, so that their latency and the activations' overlap.
+    extern __shared__ uint4 gemv_shared_x[];
+    const unsigned short* xs = gemv_activations<X_SHARED>(x, gemv_shared_x, m, k);
 
     float acc[GEMV_MAX_ROWS];
 #pragma unroll
@@ -114,7 +192,7 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
             for (int i = 0; i < LOADS; ++i) {
                 unsigned int at = after + unit * 8;
                 if (at < load_len[i]) {
-                    next[i] = *reinterpret_cast<const uint4*>(load_w[i] + at);
+                    next[i] = gemv_weight_load<X_SHARED>(load_w[i] + at);
                 }
             }
         }
@@ -129,7 +207,7 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
                     if (r < (int)m) {
                         float xv[8];
                         unpack_bf16x8(*reinterpret_cast<const uint4*>(
-                                          x + (unsigned long long)r * k + start + at),
+                                          xs + (unsigned long long)r * k + start + at),
                                       xv);
                         float a = acc[r];
 #pragma unroll
@@ -143,34 +221,7 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
         }
         __syncwarp();
     }
-    if (active) {
-#pragma unroll
-        for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-            if (r < (int)m) {
-                partials[(r * cols + col_local) * chunks + c] = acc[r];
-            }
-        }
-    }
-    __syncthreads();
-    // m * cols can exceed the block's threads (k of one chunk and several rows).
-    for (unsigned int i = threadIdx.x; i < m * cols; i += GEMV_THREADS) {
-        unsigned int r = i / cols;
-        unsigned int cl = i % cols;
-        unsigned long long jj = (unsigned long long)blockIdx.x * cols + cl;
-        if (jj < n) {
-            const float* p = partials + (r * cols + cl) * chunks;
-            float total = 0.0f;
-            for (unsigned int cc = 0; cc < chunks; ++cc) {
-                total = combine_chunk_partials(total, p[cc]);
-            }
-            unsigned long long o = (unsigned long long)r * n + jj;
-            if (BF16_OUT) {
-                ((unsigned short*)out)[o] = (unsigned short)round_bf16_bits(total);
-            } else {
-                ((float*)out)[o] = total;
-            }
-        }
-    }
+    gemv_combine<BF16_OUT>(partials, acc, out, active, c, chunks, cols, col_local, m, n);
 }
 
 // Blocks of the 32-wide pass an SM must hold: the register cap (64) this sets keeps four blocks
@@ -178,33 +229,22 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
 // blocks) ran a third, nearly empty wave (Nsight Compute on the H100, 2026-11-23). The 64-wide
 // pass keeps its registers: capped, it spills.
 #define GEMV_NARROW_BLOCKS 4
+#define GEMV_NARROW_BOUNDS __launch_bounds__(GEMV_THREADS, GEMV_NARROW_BLOCKS)
+#define GEMV_WIDE_BOUNDS __launch_bounds__(GEMV_THREADS)
 
-// x: bf16 bits [m, k].
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_NARROW_BLOCKS)
-matmul_gemv_f32(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
-                float* __restrict__ out, unsigned int m, unsigned int n, unsigned int k) {
-    matmul_gemv_body<false, 32>(x, w, out, m, n, k);
-}
-
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS, GEMV_NARROW_BLOCKS)
-matmul_gemv_bf16(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
-                 unsigned short* __restrict__ out, unsigned int m, unsigned int n,
-                 unsigned int k) {
-    matmul_gemv_body<true, 32>(x, w, out, m, n, k);
-}
-
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
-matmul_gemv_wide_f32(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
-                     float* __restrict__ out, unsigned int m, unsigned int n, unsigned int k) {
-    matmul_gemv_body<false, 64>(x, w, out, m, n, k);
-}
-
-extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
-matmul_gemv_wide_bf16(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,
-                      unsigned short* __restrict__ out, unsigned int m, unsigned int n,
-                      unsigned int k) {
-    matmul_gemv_body<true, 64>(x, w, out, m, n, k);
-}
+// x: bf16 bits [m, k]; out: f32 or bf16 bits [m, n].
+#define GEMV_KERNEL(NAME, BOUNDS, OUT_T, BF16_OUT, PASS, X_SHARED)                                \
+    extern "C" __global__ void BOUNDS                                                            \
+        NAME(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,        \
+             OUT_T* __restrict__ out, unsigned int m, unsigned int n, unsigned int k) {         \
+        matmul_gemv_body<BF16_OUT, PASS, X_SHARED>(x, w, out, m, n, k);                         \
+    }
+GEMV_KERNEL(matmul_gemv_f32, GEMV_NARROW_BOUNDS, float, false, 32, true)
+GEMV_KERNEL(matmul_gemv_bf16, GEMV_NARROW_BOUNDS, unsigned short, true, 32, true)
+GEMV_KERNEL(matmul_gemv_wide_f32, GEMV_WIDE_BOUNDS, float, false, 64, true)
+GEMV_KERNEL(matmul_gemv_wide_bf16, GEMV_WIDE_BOUNDS, unsigned short, true, 64, true)
+GEMV_KERNEL(matmul_gemv_global_x_f32, GEMV_NARROW_BOUNDS, float, false, 32, false)
+GEMV_KERNEL(matmul_gemv_global_x_bf16, GEMV_NARROW_BOUNDS, unsigned short, true, 32, false)
 
 // Any k: one thread per (output column j, chunk c), c fastest, writing chunk-major
 // partials[c * m * n + r * n + j]; matmul_split_combine_* combines them.

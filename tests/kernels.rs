@@ -52,6 +52,10 @@ fn matmul_shapes<B: Backend>(b: &B) {
         // Many column blocks of the CUDA GEMV, at one row (its wide pass) and at several.
         (1, 1_000_000, 8),
         (3, 200_000, 24),
+        // Activations over the CUDA GEMV's 64 KB of shared memory, read from global memory
+        // instead, at several rows and at one.
+        (5, 37, 8192),
+        (1, 300, 40_960),
         // The CUDA GEMM: several 64x128 tiles with partial edges in both dimensions; k a
         // multiple of 8 but not of its 16-deep K tiles, and k not a multiple of 8; split over
         // groups of one and of several chunks; and enough tiles for one unsplit launch.
