@@ -6,8 +6,8 @@
 //
 // Three entry points, chosen by the host from m and k alone (never changing any order): `gemv_vec`
 // for a few rows when k is a multiple of 8, `gemv` (scalar loads) for a few rows otherwise,
-// `gemm` for many rows. `gemv_vec` reads the weights through `w4` (binding 4), the others through
-// `w` (binding 2); they are the same buffer.
+// `gemm` for many rows. `gemv_vec` reads the weights through `w4` (binding 4) and x through `x4`
+// (binding 5), the others through `w` (binding 2) and `x` (binding 1); they are the same buffers.
 struct Params {
     opaque_zero: u32,
     m: u32,
@@ -25,6 +25,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read> w4: array<vec4<u32>>;
+@group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
 
 fn w_at(e: u32) -> f32 {
     return bf16_to_f32(w[e >> 1u] >> ((e & 1u) << 4u));
@@ -85,21 +86,57 @@ fn gemv(
     }
 }
 
-// ---- GEMV, vectorised (k a multiple of 8): a workgroup of 256 threads computes `cols` output
-// columns for all m ≤ GEMV_ROWS rows. K is walked in segments of `seg_chunks` chunks; per segment
-// the workgroup first stages x's segment, rounded to bf16 once and packed two per word, in
-// workgroup memory (shared by every column), then thread t = column · seg_chunks + slot computes
-// the partials of chunk (segment start + slot) of its column, for every row, reading its weights
-// 8 at a time (one vec4<u32>); then one thread per (row, column) adds that segment's chunk
-// partials, ascending, to its running total. So each chunk is one accumulator from +0.0 with k
-// ascending, and the partials are combined in ascending chunk order: the contract's order.
-// The host picks cols · seg_chunks ≤ 256 and GEMV_M · seg_chunks · DOT_CHUNK ≤ 8 · 512.
-// GEMV_M (= m) is a pipeline constant, so that the row loops unroll and `p` stays in registers.
-const GEMV4_THREADS: u32 = 256u;
+// ---- GEMV, vectorised (k a multiple of 8): a workgroup of GEMV_VEC_THREADS threads computes
+// `cols` output columns for all m ≤ GEMV_ROWS rows, K in segments of `seg_chunks` chunks. Thread t
+// sums the task (chunk segment start + t / cols, column t % cols) for every row: one accumulator
+// per row from +0.0, k ascending. Chunk-major, so that the 8 lanes NVIDIA serves one 16-byte
+// shared load for (cols ≥ 8) read the same activations. After each segment one thread per (row,
+// column) adds the segment's chunk partials, ascending, to its running total. So the sums are the
+// contract's.
+//
+// Weights reach the threads through workgroup memory, GEMV_PASS weights of every task per pass:
+// GEMV_UNITS consecutive threads load one task's 2 · GEMV_PASS contiguous bytes with 16-byte
+// loads (a thread reading its own chunk made each load instruction touch one line per lane), and
+// the loads of the next pass, across segment ends too, are issued before the current pass is
+// summed, so that they are in flight meanwhile. The pass's slice of x, rounded to bf16 once and
+// packed two per word, is staged beside them for every row and chunk of the segment: staged per
+// pass rather than per segment, x leaves room for long segments, so that several rows still give
+// the workgroups many tasks. GEMV_M (= m) and GEMV_PASS (32 or 64) are pipeline constants, so that
+// the loops over rows and units unroll and their arrays stay in registers. The host keeps
+// cols · seg_chunks ≤ GEMV_VEC_THREADS and GEMV_M · seg_chunks ≤ GEMV_X_ROWS.
+const GEMV_VEC_THREADS: u32 = 128u;
+const GEMV_X_ROWS: u32 = 64u;
 override GEMV_M: u32 = 8u;
+override GEMV_PASS: u32 = 32u;
+override GEMV_UNITS: u32 = GEMV_PASS / 8u;
 
-var<workgroup> gemv4_x: array<vec4<u32>, 512>; // [GEMV_M][seg_chunks · DOT_CHUNK / 8]
-var<workgroup> gemv4_part: array<f32, 2048>; // [GEMV_ROWS][GEMV4_THREADS]
+// One pass of weights, GEMV_UNITS units of 16 bytes per task (gemv_stage_at). After a segment's
+// last pass it holds the chunk partials instead, [row][task].
+var<workgroup> gemv_stage: array<vec4<u32>, GEMV_VEC_THREADS * GEMV_UNITS>;
+// The pass's slice of x: [chunk of the segment][row][unit], 8 bf16 values a unit.
+var<workgroup> gemv_xs: array<vec4<u32>, GEMV_X_ROWS * GEMV_UNITS>;
+
+// Where unit u of a task's pass lies: rotated per task so that 8 lanes reading unit u of their
+// own (consecutive) tasks, and 8 lanes storing the units of one or two tasks, hit distinct banks.
+fn gemv_stage_at(task: u32, u: u32) -> u32 {
+    return task * GEMV_UNITS + (u ^ (((task * GEMV_UNITS) >> 3u) & (GEMV_UNITS - 1u)));
+}
+
+// Unit q (of the chunk) of chunk s0 + slot of the weight row starting at unit `row`; zeros where
+// there is no such unit (a slot past the segment, a column past n, k past its end), which no
+// task then reads.
+fn gemv_load(row: u32, slot: u32, s0: u32, q: u32) -> vec4<u32> {
+    let at = (s0 + slot) * (DOT_CHUNK / 8u) + q;
+    var v = vec4<u32>();
+    if (slot < params.seg_chunks && at < params.k / 8u) {
+        v = w4[row + at];
+    }
+    return v;
+}
+
+fn bf16_pair(lo: f32, hi: f32) -> u32 {
+    return round_bf16_bits(lo) | (round_bf16_bits(hi) << 16u);
+}
 
 fn bf16_lo(word: u32) -> f32 {
     return bitcast<f32>(word << 16u);
@@ -109,20 +146,7 @@ fn bf16_hi(word: u32) -> f32 {
     return bitcast<f32>(word & 0xffff0000u);
 }
 
-fn x_word(r: u32, kk: u32) -> u32 {
-    let k = params.k;
-    var lo = 0u;
-    var hi = 0u;
-    if (kk < k) {
-        lo = round_bf16_bits(x[r * k + kk]);
-    }
-    if (kk + 1u < k) {
-        hi = round_bf16_bits(x[r * k + kk + 1u]);
-    }
-    return lo | (hi << 16u);
-}
-
-@compute @workgroup_size(256)
+@compute @workgroup_size(128)
 fn gemv_vec(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
@@ -130,93 +154,136 @@ fn gemv_vec(
 ) {
     opaque_zero = params.opaque_zero;
     let n = params.n;
-    let k = params.k;
+    let k8 = params.k / 8u;
     let cols = params.cols;
-    let cs = params.seg_chunks;
+    let seg = params.seg_chunks;
     let col0 = (wg.x + wg.y * nwg.x) * cols;
     if (col0 >= n) {
         return;
     }
-    let col = t / cs;
-    let slot = t % cs;
-    let j = col0 + col;
-    let busy = col < cols && j < n;
-    let chunks = (k + DOT_CHUNK - 1u) / DOT_CHUNK;
-    let seg_vecs = cs * (DOT_CHUNK / 8u);
-    let pairs = GEMV_M * cols;
-    var total: array<f32, 8>; // the pairs (row, column) t + 256·i, pair = column · GEMV_M + row
-    for (var i = 0u; i < 8u; i++) {
+    let chunks = (params.k + DOT_CHUNK - 1u) / DOT_CHUNK;
+    let chunk_units = DOT_CHUNK / 8u;
+    // Every chunk takes as many passes as the first, the longest, so that the barriers are
+    // uniform; a shorter last chunk skips the units it lacks.
+    let passes = (min(params.k, DOT_CHUNK) + GEMV_PASS - 1u) / GEMV_PASS;
+    let slot = t / cols;
+    let j = col0 + t % cols;
+    let mine = slot < seg && j < n;
+    // This thread loads unit `lunit` of the tasks t / GEMV_UNITS + i · tasks_per_load.
+    let lunit = t % GEMV_UNITS;
+    let tasks_per_load = GEMV_VEC_THREADS / GEMV_UNITS;
+    var lrow: array<u32, 8>;
+    var lslot: array<u32, 8>;
+    var wnext: array<vec4<u32>, 8>;
+    for (var i = 0u; i < GEMV_UNITS; i++) {
+        let task = t / GEMV_UNITS + i * tasks_per_load;
+        let jt = col0 + task % cols;
+        lrow[i] = jt * k8;
+        lslot[i] = select(seg, task / cols, jt < n);
+        wnext[i] = gemv_load(lrow[i], lslot[i], 0u, lunit);
+    }
+    var total: array<f32, GEMV_ROWS>;
+    for (var i = 0u; i < GEMV_M; i++) {
         total[i] = 0.0;
     }
-    for (var s0 = 0u; s0 < chunks; s0 += cs) {
-        let k0 = s0 * DOT_CHUNK;
-        for (var e = t; e < GEMV_M * seg_vecs; e += GEMV4_THREADS) {
-            let r = e / seg_vecs;
-            let kk = k0 + (e % seg_vecs) * 8u;
-            gemv4_x[e] = vec4<u32>(
-                x_word(r, kk),
-                x_word(r, kk + 2u),
-                x_word(r, kk + 4u),
-                x_word(r, kk + 6u),
-            );
-        }
-        workgroupBarrier();
+    for (var s0 = 0u; s0 < chunks; s0 += seg) {
         let c = s0 + slot;
-        if (busy && c < chunks) {
-            var p: array<f32, GEMV_ROWS>;
-            for (var r = 0u; r < GEMV_M; r++) {
-                p[r] = 0.0;
+        let busy = mine && c < chunks;
+        var acc: array<f32, GEMV_ROWS>;
+        for (var r = 0u; r < GEMV_M; r++) {
+            acc[r] = 0.0;
+        }
+        for (var p = 0u; p < passes; p++) {
+            workgroupBarrier();
+            for (var i = 0u; i < GEMV_UNITS; i++) {
+                gemv_stage[gemv_stage_at(t / GEMV_UNITS + i * tasks_per_load, lunit)] = wnext[i];
             }
-            let start = c * DOT_CHUNK;
-            let vecs = (min(start + DOT_CHUNK, k) - start) / 8u;
-            let wbase = (j * k + start) / 8u;
-            let xbase = (start - k0) / 8u;
-            for (var v = 0u; v < vecs; v++) {
-                let wv = w4[wbase + v];
-                let w0 = bf16_lo(wv.x);
-                let w1 = bf16_hi(wv.x);
-                let w2 = bf16_lo(wv.y);
-                let w3 = bf16_hi(wv.y);
-                let w4_ = bf16_lo(wv.z);
-                let w5 = bf16_hi(wv.z);
-                let w6 = bf16_lo(wv.w);
-                let w7 = bf16_hi(wv.w);
-                for (var r = 0u; r < GEMV_M; r++) {
-                    let xv = gemv4_x[r * seg_vecs + xbase + v];
-                    var a = p[r];
-                    a = a + bf16_lo(xv.x) * w0;
-                    a = a + bf16_hi(xv.x) * w1;
-                    a = a + bf16_lo(xv.y) * w2;
-                    a = a + bf16_hi(xv.y) * w3;
-                    a = a + bf16_lo(xv.z) * w4_;
-                    a = a + bf16_hi(xv.z) * w5;
-                    a = a + bf16_lo(xv.w) * w6;
-                    a = a + bf16_hi(xv.w) * w7;
-                    p[r] = a;
+            var next_s0 = s0;
+            var next_p = p + 1u;
+            if (next_p == passes) {
+                next_s0 = s0 + seg;
+                next_p = 0u;
+            }
+            for (var i = 0u; i < GEMV_UNITS; i++) {
+                wnext[i] = gemv_load(lrow[i], lslot[i], next_s0, next_p * GEMV_UNITS + lunit);
+            }
+            let items = GEMV_M * seg * GEMV_UNITS;
+            for (var i = 0u; i < GEMV_X_ROWS * GEMV_UNITS / GEMV_VEC_THREADS; i++) {
+                let e = i * GEMV_VEC_THREADS + t;
+                if (e < items) {
+                    let at = (s0 + e / (GEMV_M * GEMV_UNITS)) * chunk_units + p * GEMV_UNITS
+                        + e % GEMV_UNITS;
+                    var v = vec4<u32>();
+                    if (at < k8) {
+                        let xi = (((e / GEMV_UNITS) % GEMV_M) * k8 + at) * 2u;
+                        let a = x4[xi];
+                        let b = x4[xi + 1u];
+                        v = vec4<u32>(
+                            bf16_pair(a.x, a.y),
+                            bf16_pair(a.z, a.w),
+                            bf16_pair(b.x, b.y),
+                            bf16_pair(b.z, b.w),
+                        );
+                    }
+                    gemv_xs[e] = v;
                 }
             }
-            for (var r = 0u; r < GEMV_M; r++) {
-                gemv4_part[r * GEMV4_THREADS + t] = p[r];
+            workgroupBarrier();
+            if (busy) {
+                for (var u = 0u; u < GEMV_UNITS; u++) {
+                    if (c * chunk_units + p * GEMV_UNITS + u < k8) {
+                        let wv = gemv_stage[gemv_stage_at(t, u)];
+                        let w0 = bf16_lo(wv.x);
+                        let w1 = bf16_hi(wv.x);
+                        let w2 = bf16_lo(wv.y);
+                        let w3 = bf16_hi(wv.y);
+                        let w4_ = bf16_lo(wv.z);
+                        let w5 = bf16_hi(wv.z);
+                        let w6 = bf16_lo(wv.w);
+                        let w7 = bf16_hi(wv.w);
+                        for (var r = 0u; r < GEMV_M; r++) {
+                            let xv = gemv_xs[(slot * GEMV_M + r) * GEMV_UNITS + u];
+                            var a = acc[r];
+                            a = a + bf16_lo(xv.x) * w0;
+                            a = a + bf16_hi(xv.x) * w1;
+                            a = a + bf16_lo(xv.y) * w2;
+                            a = a + bf16_hi(xv.y) * w3;
+                            a = a + bf16_lo(xv.z) * w4_;
+                            a = a + bf16_hi(xv.z) * w5;
+                            a = a + bf16_lo(xv.w) * w6;
+                            a = a + bf16_hi(xv.w) * w7;
+                            acc[r] = a;
+                        }
+                    }
+                }
             }
         }
         workgroupBarrier();
-        let here = min(cs, chunks - s0);
-        for (var i = 0u; i < 8u; i++) {
-            let pair = t + i * GEMV4_THREADS;
-            if (pair < pairs) {
-                let r = pair % GEMV_M;
-                let first = (pair / GEMV_M) * cs;
+        if (busy) {
+            for (var r = 0u; r < GEMV_M; r++) {
+                let e = r * GEMV_VEC_THREADS + t;
+                gemv_stage[e >> 2u][e & 3u] = bitcast<u32>(acc[r]);
+            }
+        }
+        workgroupBarrier();
+        // The pairs (row, column) t + GEMV_VEC_THREADS · i, pair = column · GEMV_M + row.
+        let here = min(seg, chunks - s0);
+        for (var i = 0u; i < GEMV_M; i++) {
+            let pair = i * GEMV_VEC_THREADS + t;
+            if (pair < GEMV_M * cols) {
+                let first = (pair % GEMV_M) * GEMV_VEC_THREADS + pair / GEMV_M;
                 for (var q = 0u; q < here; q++) {
-                    total[i] = combine_chunk_partials(total[i], gemv4_part[r * GEMV4_THREADS + first + q]);
+                    let e = first + q * cols;
+                    let partial = bitcast<f32>(gemv_stage[e >> 2u][e & 3u]);
+                    total[i] = combine_chunk_partials(total[i], partial);
                 }
             }
         }
-        workgroupBarrier();
     }
-    for (var i = 0u; i < 8u; i++) {
-        let pair = t + i * GEMV4_THREADS;
+    for (var i = 0u; i < GEMV_M; i++) {
+        let pair = i * GEMV_VEC_THREADS + t;
         let jj = col0 + pair / GEMV_M;
-        if (pair < pairs && jj < n) {
+        if (pair < GEMV_M * cols && jj < n) {
             out[(pair % GEMV_M) * n + jj] = total[i];
         }
     }

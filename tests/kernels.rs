@@ -49,6 +49,18 @@ fn matmul_shapes<B: Backend>(b: &B) {
         (4, 513, 8),
         (6, 260, 1536),
         (7, 40, 1000),
+        // Its edges: k = 8 (one short chunk, 128 columns a workgroup, fewer columns than that);
+        // a last chunk of one 16-byte unit or not a whole pass; a segment of 16 chunks plus one
+        // chunk; n not a multiple of the columns per workgroup; every m from 1 to 8.
+        (1, 9, 8),
+        (3, 130, 264),
+        (5, 77, 40),
+        (1, 1029, 4104),
+        (2, 33, 2120),
+        (3, 19, 4096),
+        (5, 23, 12288),
+        (8, 37, 4096),
+        (8, 17, 8200),
         // Many column blocks of the CUDA GEMV, at one row (its wide pass) and at several.
         (1, 1_000_000, 8),
         (3, 200_000, 24),

@@ -170,15 +170,62 @@ const ELEMENTWISE_THREADS: usize = 256;
 const GEMV_MAX_ROWS: usize = 8;
 /// Mirrors `SPLIT_COLS` in matmul_default.wgsl: output columns per workgroup.
 const DEFAULT_SPLIT_COLS: usize = 4;
-/// Threads of the vectorised GEMV's workgroup (`GEMV4_THREADS` in matmul.wgsl).
-const GEMV_VEC_THREADS: usize = 256;
-/// bf16 elements of x the vectorised GEMV stages per K segment, all rows together (`gemv4_x`).
-const GEMV_VEC_X_ELEMS: usize = 4096;
+/// Threads of the vectorised GEMV's workgroup (`GEMV_VEC_THREADS` in matmul.wgsl).
+const GEMV_VEC_THREADS: usize = 128;
+/// (chunk, row) slices of x the vectorised GEMV stages per pass (`GEMV_X_ROWS`). With
+/// m · seg_chunks at most this, the f32 activations a workgroup reads are at most the bytes of
+/// its weights.
+const GEMV_VEC_X_ROWS: usize = 64;
+/// Most chunks of a `gemv_vec` segment: 8 or more columns per workgroup, so that each 8 lanes
+/// (which NVIDIA serves one 16-byte shared load for) sum one chunk and share its activations.
+const GEMV_VEC_MAX_SEG: usize = 16;
+/// The weights `gemv_vec` stages per task and pass (`GEMV_PASS`): 64 (whole 128-byte lines, 128
+/// bytes in flight per thread, 24 KiB of workgroup memory) where the device allows it, else 32
+/// (12 KiB, within WebGPU's 16 KiB minimum).
+const GEMV_VEC_PASSES: [u32; 2] = [64, 32];
 
-/// How `gemv_vec` cuts an m × k product: K in segments of `seg_chunks` chunks (as many as the
-/// staged x holds, spread evenly over the segments), and `cols` output columns per workgroup, so
-/// that each (column, chunk of the segment) has a thread. Only the work split depends on m; the
-/// order of every sum is the contract's.
+/// Workgroup memory `gemv_vec` declares with a pass of `pass` weights: the weights of every task
+/// and the slice of x, 16 bytes a unit of 8 values.
+fn gemv_vec_storage(pass: u32) -> u32 {
+    (GEMV_VEC_THREADS + GEMV_VEC_X_ROWS) as u32 * (pass / 8) * 16
+}
+
+/// How `gemv_vec` is built on a device.
+#[derive(Clone, Copy, Debug)]
+struct GemvVariant {
+    /// `GEMV_PASS`: the widest of [`GEMV_VEC_PASSES`] that fits the device's workgroup memory.
+    pass: u32,
+    /// Whether wgpu's forced loop bound (a 64-bit counter naga adds to every loop, which may keep
+    /// the driver from unrolling the loops over units and rows and so from keeping their arrays in
+    /// registers: gfx-rs/wgpu#7698) is left out of the `gemv_vec` pipeline. Off by default.
+    unbounded_loops: bool,
+}
+
+impl GemvVariant {
+    /// The default variant for a device, or the one named by `DITTO_WGSL_GEMV` (temporary, for
+    /// timing them against each other): comma-separated, the pass, 32 or 64 (ignored where it
+    /// does not fit), and/or `unbounded`, e.g. `DITTO_WGSL_GEMV=32,unbounded`.
+    fn for_device(limits: &wgpu::Limits) -> Self {
+        let fits = |p: u32| gemv_vec_storage(p) <= limits.max_compute_workgroup_storage_size;
+        let setting = std::env::var("DITTO_WGSL_GEMV").unwrap_or_default();
+        let words: Vec<&str> = setting.split(',').map(str::trim).collect();
+        let forced = words
+            .iter()
+            .find_map(|w| w.parse::<u32>().ok())
+            .filter(|p| GEMV_VEC_PASSES.contains(p) && fits(*p));
+        GemvVariant {
+            pass: forced
+                .or_else(|| GEMV_VEC_PASSES.into_iter().find(|&p| fits(p)))
+                .unwrap_or(GEMV_VEC_PASSES[1]),
+            unbounded_loops: words.contains(&"unbounded"),
+        }
+    }
+}
+
+/// How `gemv_vec` cuts an m × k product: K in segments of `seg_chunks` chunks, and `cols` output
+/// columns per workgroup, so that each (column, chunk of the segment) has a thread. The segment is
+/// the longest of those that leave the fewest threads idle (in short workgroups or a short last
+/// segment). Only the work split depends on m; the order of every sum is the contract's.
 struct GemvPlan {
     cols: u32,
     seg_chunks: u32,
@@ -187,9 +234,22 @@ struct GemvPlan {
 impl GemvPlan {
     fn new(m: usize, k: usize) -> Self {
         let chunks = k.div_ceil(contract::DOT_CHUNK).max(1);
-        let most = (GEMV_VEC_X_ELEMS / (m.max(1) * contract::DOT_CHUNK)).max(1);
-        let segments = chunks.div_ceil(most);
-        let seg_chunks = chunks.div_ceil(segments);
+        let most = (GEMV_VEC_X_ROWS / m.max(1))
+            .min(GEMV_VEC_MAX_SEG)
+            .min(chunks);
+        // Busy (task, segment) threads over all threads, per column group: compared exactly.
+        let busy = |s: usize| {
+            (
+                chunks * (GEMV_VEC_THREADS / s),
+                chunks.div_ceil(s) * GEMV_VEC_THREADS,
+            )
+        };
+        let seg_chunks = (1..=most)
+            .max_by(|&a, &b| {
+                let ((ua, ta), (ub, tb)) = (busy(a), busy(b));
+                (ua * tb).cmp(&(ub * ta)).then(a.cmp(&b))
+            })
+            .unwrap_or(1);
         GemvPlan {
             cols: (GEMV_VEC_THREADS / seg_chunks) as u32,
             seg_chunks: seg_chunks as u32,
@@ -211,8 +271,14 @@ const FIRST_BATCH: usize = 16;
 /// Most dispatches in one batch; also the capacity of a batch's uniform buffer.
 const MAX_BATCH: usize = 256;
 
-/// A kernel entry point, and the value of its pipeline constant if it has one.
-type KernelKey = (&'static str, &'static str, Option<(&'static str, u32)>);
+/// Most pipeline constants one kernel takes.
+const MAX_CONSTANTS: usize = 2;
+
+/// Pipeline constants by name, the unused places `None`.
+type Constants = [Option<(&'static str, u32)>; MAX_CONSTANTS];
+
+/// A kernel entry point, and the values of its pipeline constants.
+type KernelKey = (&'static str, &'static str, Constants);
 
 /// A compiled kernel entry point and its bind group layout (fetched once: `get_bind_group_layout`
 /// makes a new handle per call).
@@ -254,6 +320,8 @@ pub struct WgpuBackend {
     /// `Default` swaps in the split-K GEMV of `matmul_default.wgsl` for few-row matmuls; every
     /// other kernel is the invariant one (no faster wgpu kernel exists for them yet).
     mode: KernelMode,
+    /// How `gemv_vec` is built on this device.
+    gemv: GemvVariant,
 }
 
 impl WgpuBackend {
@@ -311,6 +379,7 @@ impl WgpuBackend {
                 .max(UNIFORM_BLOCK_BYTES),
             pool: Arc::new(Mutex::new(BufferPool::default())),
             mode,
+            gemv: GemvVariant::for_device(&limits),
         })
     }
 
@@ -336,7 +405,7 @@ impl WgpuBackend {
         self.run_words(
             "numerics_probe",
             "main",
-            None,
+            &[],
             &[op as u32, u32_of(a.len(), "probe")?, 0, 0],
             &[(1, &ta.buffer), (2, &tb.buffer), (3, &out)],
             self.groups(a.len().div_ceil(ELEMENTWISE_THREADS))?,
@@ -346,8 +415,8 @@ impl WgpuBackend {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    /// The compiled pipeline of entry point `entry` of kernel `kernel`, with pipeline constant
-    /// `constant` set if given, compiled on first use.
+    /// The compiled pipeline of entry point `entry` of kernel `kernel`, with the pipeline
+    /// constants given set, compiled on first use.
     fn kernel(&self, key: KernelKey) -> Result<Arc<Kernel>> {
         let (kernel, entry, constant) = key;
         let mut cache = self
@@ -360,14 +429,26 @@ impl WgpuBackend {
         // Compilation errors are bugs in our sources (the naga test validates them), but a
         // driver may still refuse a pipeline: catch that as an error value, not a panic.
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(kernel),
-                source: wgpu::ShaderSource::Wgsl(wgsl::source(kernel).into()),
-            });
+        let descriptor = wgpu::ShaderModuleDescriptor {
+            label: Some(kernel),
+            source: wgpu::ShaderSource::Wgsl(wgsl::source(kernel).into()),
+        };
+        let module = if entry == "gemv_vec" && self.gemv.unbounded_loops {
+            let checks = wgpu::ShaderRuntimeChecks {
+                force_loop_bounding: false,
+                ..wgpu::ShaderRuntimeChecks::checked()
+            };
+            // SAFETY: leaving out the loop bound requires that no loop of the module be infinite:
+            // every loop of matmul.wgsl counts up to a bound fixed before it starts (from the
+            // parameters or pipeline constants) by a step of at least one (gemv_vec's segment
+            // step is `seg_chunks`, at least 1 in every GemvPlan). Bounds checks stay on.
+            unsafe { self.device.create_shader_module_trusted(descriptor, checks) }
+        } else {
+            self.device.create_shader_module(descriptor)
+        };
         let constants: Vec<(&str, f64)> = constant
             .iter()
+            .flatten()
             .map(|&(name, v)| (name, f64::from(v)))
             .collect();
         let pipeline = self
@@ -517,17 +598,17 @@ impl WgpuBackend {
         let mut words = Vec::with_capacity(params.len() + 1);
         words.push(0u32);
         words.extend_from_slice(params);
-        self.run_words(kernel, entry, None, &words, buffers, groups, wait)
+        self.run_words(kernel, entry, &[], &words, buffers, groups, wait)
     }
 
-    /// [`Self::run`] with the whole parameter block given, `opaque_zero` included, and a pipeline
-    /// constant if the kernel has one.
+    /// [`Self::run`] with the whole parameter block given, `opaque_zero` included, and the
+    /// kernel's pipeline constants (at most [`MAX_CONSTANTS`]).
     #[allow(clippy::too_many_arguments)]
     fn run_words(
         &self,
         kernel: &'static str,
         entry: &'static str,
-        constant: Option<(&'static str, u32)>,
+        constants: &[(&'static str, u32)],
         params: &[u32],
         buffers: &[(u32, &wgpu::Buffer)],
         groups: (u32, u32),
@@ -535,6 +616,16 @@ impl WgpuBackend {
     ) -> Result<()> {
         if groups.0 == 0 || groups.1 == 0 {
             return Ok(());
+        }
+        if constants.len() > MAX_CONSTANTS {
+            return Err(Error::Device(format!(
+                "{entry}: {} pipeline constants exceed {MAX_CONSTANTS}",
+                constants.len()
+            )));
+        }
+        let mut constant: Constants = [None; MAX_CONSTANTS];
+        for (place, &c) in constant.iter_mut().zip(constants) {
+            *place = Some(c);
         }
         let kernel = self.kernel((kernel, entry, constant))?;
         // Padded to a 16-byte multiple, as uniform blocks require.
@@ -905,7 +996,7 @@ impl Backend for WgpuBackend {
                 self.run_words(
                     "matmul_default",
                     "gemv_split_vec",
-                    Some(("SPLIT_M", m32)),
+                    &[("SPLIT_M", m32)],
                     &[0, m32, n32, k32],
                     &[(6, &xb.buffer), (4, &w.buffer), (3, &result.buffer)],
                     self.groups(n.div_ceil(DEFAULT_SPLIT_COLS))?,
@@ -925,9 +1016,9 @@ impl Backend for WgpuBackend {
                 self.run_words(
                     "matmul",
                     "gemv_vec",
-                    Some(("GEMV_M", m32)),
+                    &[("GEMV_M", m32), ("GEMV_PASS", self.gemv.pass)],
                     &[0, m32, n32, k32, plan.cols, plan.seg_chunks, 0, 0],
-                    &[(1, &x.buffer), (4, &w.buffer), (3, &result.buffer)],
+                    &[(5, &x.buffer), (4, &w.buffer), (3, &result.buffer)],
                     self.groups(n.div_ceil(plan.cols as usize))?,
                     false,
                 )?;
@@ -1185,5 +1276,41 @@ impl Backend for WgpuBackend {
         )?;
         let bytes = self.read(&out, rows as u64 * 4)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `gemv_vec` relies on, for every m and a range of k: a thread per (column, chunk of
+    /// the segment), x's slice within `gemv_xs`, and whole quarter-warps per chunk; and the
+    /// model's decode shapes split as intended (one segment of 16 chunks for one row).
+    #[test]
+    fn gemv_plans_fit_the_kernel() {
+        for m in 1..=GEMV_MAX_ROWS {
+            for k in (8..=20_000).step_by(8) {
+                let plan = GemvPlan::new(m, k);
+                let (cols, seg) = (plan.cols as usize, plan.seg_chunks as usize);
+                assert!(cols * seg <= GEMV_VEC_THREADS, "m {m} k {k}");
+                assert!(m * seg <= GEMV_VEC_X_ROWS, "m {m} k {k}");
+                assert!(cols >= 8 && seg >= 1, "m {m} k {k}");
+            }
+        }
+        let plan = |m, k| {
+            let p = GemvPlan::new(m, k);
+            (p.cols, p.seg_chunks)
+        };
+        assert_eq!(plan(1, 4096), (8, 16));
+        assert_eq!(plan(1, 12288), (8, 16));
+        assert_eq!(plan(4, 4096), (8, 16));
+        assert_eq!(plan(8, 4096), (16, 8));
+        assert_eq!(plan(1, 8), (128, 1));
+    }
+
+    #[test]
+    fn gemv_passes_fit_webgpu_and_lavapipe() {
+        assert!(gemv_vec_storage(GEMV_VEC_PASSES[1]) <= 16 << 10);
+        assert!(gemv_vec_storage(GEMV_VEC_PASSES[0]) <= 32 << 10);
     }
 }
