@@ -71,6 +71,58 @@ mod tests {
         }
     }
 
+    /// The wgpu backend builds every module without wgpu's forced loop bound, which is sound only
+    /// if no loop can run forever: every loop must be a `for` whose step is `++`, `+=` a constant
+    /// (an upper-case name or a literal), or a halving `>>= 1u`. The one step read from the
+    /// parameters, gemv_vec's `seg` (`seg_chunks`, at least 1 by the host's GemvPlan), is named.
+    #[test]
+    fn every_loop_is_counted() {
+        const PARAMETER_STEPS: &[&str] = &["s0 += seg"];
+        let counted = |step: &str| {
+            if step.ends_with("++") || step.ends_with(">>= 1u") || PARAMETER_STEPS.contains(&step) {
+                return true;
+            }
+            step.split_once("+=").is_some_and(|(_, by)| {
+                let by = by.trim();
+                !by.is_empty()
+                    && by.chars().all(|c| {
+                        c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_' || c == 'u'
+                    })
+                    && !by.starts_with('u')
+            })
+        };
+        let mut loops = 0;
+        for (name, _) in KERNELS {
+            let src = source(name);
+            for (n, line) in src.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                let words: Vec<&str> = code
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .collect();
+                assert!(
+                    !words.contains(&"loop") && !words.contains(&"while"),
+                    "{name}.wgsl line {}: only counted `for` loops are allowed: {line}",
+                    n + 1
+                );
+                if let Some(header) = code.trim_start().strip_prefix("for (") {
+                    loops += 1;
+                    let step = header
+                        .rsplit(';')
+                        .next()
+                        .and_then(|s| s.split(')').next())
+                        .unwrap_or("")
+                        .trim();
+                    assert!(
+                        counted(step),
+                        "{name}.wgsl line {}: loop step `{step}` is not a constant count: {line}",
+                        n + 1
+                    );
+                }
+            }
+        }
+        assert!(loops > 40, "found only {loops} loops: the scan is broken");
+    }
+
     #[test]
     fn float_literals_round_trip() {
         for v in EXP_TAYLOR

@@ -179,49 +179,6 @@ const GEMV_VEC_X_ROWS: usize = 64;
 /// Most chunks of a `gemv_vec` segment: 8 or more columns per workgroup, so that each 8 lanes
 /// (which NVIDIA serves one 16-byte shared load for) sum one chunk and share its activations.
 const GEMV_VEC_MAX_SEG: usize = 16;
-/// The weights `gemv_vec` stages per task and pass (`GEMV_PASS`): 64 (whole 128-byte lines, 128
-/// bytes in flight per thread, 24 KiB of workgroup memory) where the device allows it, else 32
-/// (12 KiB, within WebGPU's 16 KiB minimum).
-const GEMV_VEC_PASSES: [u32; 2] = [64, 32];
-
-/// Workgroup memory `gemv_vec` declares with a pass of `pass` weights: the weights of every task
-/// and the slice of x, 16 bytes a unit of 8 values.
-fn gemv_vec_storage(pass: u32) -> u32 {
-    (GEMV_VEC_THREADS + GEMV_VEC_X_ROWS) as u32 * (pass / 8) * 16
-}
-
-/// How `gemv_vec` is built on a device.
-#[derive(Clone, Copy, Debug)]
-struct GemvVariant {
-    /// `GEMV_PASS`: the widest of [`GEMV_VEC_PASSES`] that fits the device's workgroup memory.
-    pass: u32,
-    /// Whether wgpu's forced loop bound (a 64-bit counter naga adds to every loop, which may keep
-    /// the driver from unrolling the loops over units and rows and so from keeping their arrays in
-    /// registers: gfx-rs/wgpu#7698) is left out of the `gemv_vec` pipeline. Off by default.
-    unbounded_loops: bool,
-}
-
-impl GemvVariant {
-    /// The default variant for a device, or the one named by `DITTO_WGSL_GEMV` (temporary, for
-    /// timing them against each other): comma-separated, the pass, 32 or 64 (ignored where it
-    /// does not fit), and/or `unbounded`, e.g. `DITTO_WGSL_GEMV=32,unbounded`.
-    fn for_device(limits: &wgpu::Limits) -> Self {
-        let fits = |p: u32| gemv_vec_storage(p) <= limits.max_compute_workgroup_storage_size;
-        let setting = std::env::var("DITTO_WGSL_GEMV").unwrap_or_default();
-        let words: Vec<&str> = setting.split(',').map(str::trim).collect();
-        let forced = words
-            .iter()
-            .find_map(|w| w.parse::<u32>().ok())
-            .filter(|p| GEMV_VEC_PASSES.contains(p) && fits(*p));
-        GemvVariant {
-            pass: forced
-                .or_else(|| GEMV_VEC_PASSES.into_iter().find(|&p| fits(p)))
-                .unwrap_or(GEMV_VEC_PASSES[1]),
-            unbounded_loops: words.contains(&"unbounded"),
-        }
-    }
-}
-
 /// How `gemv_vec` cuts an m × k product: K in segments of `seg_chunks` chunks, and `cols` output
 /// columns per workgroup, so that each (column, chunk of the segment) has a thread. The segment is
 /// the longest of those that leave the fewest threads idle (in short workgroups or a short last
@@ -320,8 +277,6 @@ pub struct WgpuBackend {
     /// `Default` swaps in the split-K GEMV of `matmul_default.wgsl` for few-row matmuls; every
     /// other kernel is the invariant one (no faster wgpu kernel exists for them yet).
     mode: KernelMode,
-    /// How `gemv_vec` is built on this device.
-    gemv: GemvVariant,
 }
 
 impl WgpuBackend {
@@ -379,7 +334,6 @@ impl WgpuBackend {
                 .max(UNIFORM_BLOCK_BYTES),
             pool: Arc::new(Mutex::new(BufferPool::default())),
             mode,
-            gemv: GemvVariant::for_device(&limits),
         })
     }
 
@@ -433,19 +387,21 @@ impl WgpuBackend {
             label: Some(kernel),
             source: wgpu::ShaderSource::Wgsl(wgsl::source(kernel).into()),
         };
-        let module = if entry == "gemv_vec" && self.gemv.unbounded_loops {
-            let checks = wgpu::ShaderRuntimeChecks {
-                force_loop_bounding: false,
-                ..wgpu::ShaderRuntimeChecks::checked()
-            };
-            // SAFETY: leaving out the loop bound requires that no loop of the module be infinite:
-            // every loop of matmul.wgsl counts up to a bound fixed before it starts (from the
-            // parameters or pipeline constants) by a step of at least one (gemv_vec's segment
-            // step is `seg_chunks`, at least 1 in every GemvPlan). Bounds checks stay on.
-            unsafe { self.device.create_shader_module_trusted(descriptor, checks) }
-        } else {
-            self.device.create_shader_module(descriptor)
+        // wgpu adds a counter to every shader loop that ends it after 2^64 iterations; the
+        // drivers then keep loops rolled and their arrays out of registers (gfx-rs/wgpu#7698).
+        // Without it, qwen3-8b decode on an H100 (Vulkan) went from 53.6 to 63.4 tokens/s, and
+        // the vectorised GEMV alone from 26.9 to 53.6 (2026-11-23). Bounds checks stay on.
+        let checks = wgpu::ShaderRuntimeChecks {
+            force_loop_bounding: false,
+            ..wgpu::ShaderRuntimeChecks::checked()
         };
+        // SAFETY: leaving out the loop bound requires that no loop of a module be infinite. Every
+        // loop in shaders/*.wgsl is a `for` that counts up to a bound fixed before it starts by a
+        // constant step (or halves a count to zero), and ditto_shaders' test
+        // `every_loop_is_counted` rejects any other form. The one parameter step, gemv_vec's
+        // `seg_chunks`, is at least 1 in every GemvPlan, and no bound comes near u32::MAX (the
+        // host checks sizes against the device's buffer limits), so no counter wraps.
+        let module = unsafe { self.device.create_shader_module_trusted(descriptor, checks) };
         let constants: Vec<(&str, f64)> = constant
             .iter()
             .flatten()
@@ -1016,7 +972,7 @@ impl Backend for WgpuBackend {
                 self.run_words(
                     "matmul",
                     "gemv_vec",
-                    &[("GEMV_M", m32), ("GEMV_PASS", self.gemv.pass)],
+                    &[("GEMV_M", m32)],
                     &[0, m32, n32, k32, plan.cols, plan.seg_chunks, 0, 0],
                     &[(5, &x.buffer), (4, &w.buffer), (3, &result.buffer)],
                     self.groups(n.div_ceil(plan.cols as usize))?,
@@ -1309,8 +1265,10 @@ mod tests {
     }
 
     #[test]
-    fn gemv_passes_fit_webgpu_and_lavapipe() {
-        assert!(gemv_vec_storage(GEMV_VEC_PASSES[1]) <= 16 << 10);
-        assert!(gemv_vec_storage(GEMV_VEC_PASSES[0]) <= 32 << 10);
+    fn gemv_vec_fits_webgpu_minimum_workgroup_memory() {
+        // The staged weights of every task and the slice of x, 16 bytes a unit of 8 values, a
+        // pass (GEMV_PASS in matmul.wgsl) of 32 weights.
+        let units = 32 / 8;
+        assert!((GEMV_VEC_THREADS + GEMV_VEC_X_ROWS) * units * 16 <= 16 << 10);
     }
 }
