@@ -47,8 +47,9 @@ const RMS_CHUNK_PAD: usize = 4;
 const ATTN_INPUTS_SKIP: u32 = u32::MAX;
 /// Mirrors `GEMV_THREADS` in matmul.cu.
 const GEMV_THREADS: u32 = 256;
-/// The most bytes of activations (m * k bf16) a GEMV block copies to shared memory; larger ones
-/// are read from global memory. 64 KB holds one row of k <= 32768, or 8 rows of k <= 4096.
+/// The most bytes of activations a GEMV block copies to shared memory (m * k bf16, or for the
+/// wide pass one row of k f32); larger ones are read from global memory. 64 KB holds 8 rows of
+/// k <= 4096 as bf16, or one row of k <= 16384 as f32.
 const GEMV_SHARED_X_MAX: usize = 64 << 10;
 /// The GEMV kernels that copy x to shared memory.
 const GEMV_SHARED_X_KERNELS: [&str; 4] = [
@@ -797,16 +798,17 @@ impl CudaBackend {
         let chunks = k.div_ceil(DOT_CHUNK);
         if k.is_multiple_of(8) && chunks <= GEMV_THREADS as usize {
             let cols = GEMV_THREADS as usize / chunks;
-            // x goes to shared memory where it fits; measured on the H100 (2026-11-23), that
-            // sped up 4 and 8 rows by 10% end to end. The wide pass streams large matrices
-            // faster at one row; it costs registers, so it is slower for the narrower
-            // projections and for several rows.
-            let shared_x = m * k * 2;
-            let fits = shared_x <= self.gemv_shared_x_max;
-            let (name, dynamic_shared) = match (fits, m == 1 && n >= 16384) {
-                (true, true) => ("matmul_gemv_wide", shared_x),
-                (true, false) => ("matmul_gemv", shared_x),
-                (false, _) => ("matmul_gemv_global_x", 0),
+            // The wide pass streams large matrices faster at one row (its registers make it
+            // slower for the narrower projections and for several rows); it reads x unpacked
+            // to f32 from shared memory. The narrow pass copies x as bf16 where it fits, else
+            // reads it from global memory (see matmul.cu for the measurements behind each).
+            let budget = self.gemv_shared_x_max;
+            let (name, dynamic_shared) = if m == 1 && n >= 16384 && k * 4 <= budget {
+                ("matmul_gemv_wide", k * 4)
+            } else if m * k * 2 <= budget {
+                ("matmul_gemv", m * k * 2)
+            } else {
+                ("matmul_gemv_global_x", 0)
             };
             let name = match &*out {
                 Buf::F32(_) => format!("{name}_f32"),
