@@ -58,44 +58,6 @@ __device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
 // global memory: the block then prefetches its lines to L1 and loads weights past L1
 // (ld.global.cg) so that the stream of weights does not evict them.
 
-// Each thread's chunk partials go to `partials`; then one thread per (row, column) combines its
-// column's partials in ascending chunk order and writes the output.
-template <bool BF16_OUT>
-__device__ __forceinline__ void gemv_combine(float* partials, const float acc[GEMV_MAX_ROWS],
-                                             void* __restrict__ out, bool active, unsigned int c,
-                                             unsigned int chunks, unsigned int cols,
-                                             unsigned int col_local, unsigned int m,
-                                             unsigned int n) {
-    if (active) {
-#pragma unroll
-        for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-            if (r < (int)m) {
-                partials[(r * cols + col_local) * chunks + c] = acc[r];
-            }
-        }
-    }
-    __syncthreads();
-    // m * cols can exceed the block's threads (k of one chunk and several rows).
-    for (unsigned int i = threadIdx.x; i < m * cols; i += GEMV_THREADS) {
-        unsigned int r = i / cols;
-        unsigned int cl = i % cols;
-        unsigned long long jj = (unsigned long long)blockIdx.x * cols + cl;
-        if (jj < n) {
-            const float* p = partials + (r * cols + cl) * chunks;
-            float total = 0.0f;
-            for (unsigned int cc = 0; cc < chunks; ++cc) {
-                total = combine_chunk_partials(total, p[cc]);
-            }
-            unsigned long long o = (unsigned long long)r * n + jj;
-            if (BF16_OUT) {
-                ((unsigned short*)out)[o] = (unsigned short)round_bf16_bits(total);
-            } else {
-                ((float*)out)[o] = total;
-            }
-        }
-    }
-}
-
 // Where a GEMV block reads x from: global memory after a prefetch of every line to L1; a copy
 // in shared memory as bf16; or a copy in shared memory unpacked to f32, which saves the unpacking
 // per use for twice the bytes. Measured on the H100 (2026-11-23): f32 made the one-row 64-wide
@@ -261,7 +223,34 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
         }
         __syncwarp();
     }
-    gemv_combine<BF16_OUT>(partials, acc, out, active, c, chunks, cols, col_local, m, n);
+    if (active) {
+#pragma unroll
+        for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+            if (r < (int)m) {
+                partials[(r * cols + col_local) * chunks + c] = acc[r];
+            }
+        }
+    }
+    __syncthreads();
+    // m * cols can exceed the block's threads (k of one chunk and several rows).
+    for (unsigned int i = threadIdx.x; i < m * cols; i += GEMV_THREADS) {
+        unsigned int r = i / cols;
+        unsigned int cl = i % cols;
+        unsigned long long jj = (unsigned long long)blockIdx.x * cols + cl;
+        if (jj < n) {
+            const float* p = partials + (r * cols + cl) * chunks;
+            float total = 0.0f;
+            for (unsigned int cc = 0; cc < chunks; ++cc) {
+                total = combine_chunk_partials(total, p[cc]);
+            }
+            unsigned long long o = (unsigned long long)r * n + jj;
+            if (BF16_OUT) {
+                ((unsigned short*)out)[o] = (unsigned short)round_bf16_bits(total);
+            } else {
+                ((float*)out)[o] = total;
+            }
+        }
+    }
 }
 
 // Blocks of the 32-wide pass an SM must hold: the register cap (64) this sets keeps four blocks

@@ -305,8 +305,11 @@ fn gemv_shared_x_budget(
     }
     // Only whole 16-byte units are copied.
     budget -= budget % 16;
+    if budget == 0 {
+        return Ok(0);
+    }
     for name in GEMV_SHARED_X_KERNELS {
-        if let (Some(f), true) = (functions.get(name), budget > 0) {
+        if let Some(f) = functions.get(name) {
             f.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 budget as i32,
@@ -832,8 +835,8 @@ impl CudaBackend {
             // unsigned int m, n, k) with GEMV_THREADS threads as its __launch_bounds__; xb
             // holds m*k, w n*k and out m*n elements; m <= GEMV_MAX_ROWS, k is a multiple of 8
             // (16-byte rows) with at most GEMV_THREADS chunks, as the kernel needs; the kernels
-            // that copy x get its m*k*2 bytes of dynamic shared memory, within what
-            // gemv_shared_x_budget opted them in to.
+            // that copy x get the bytes of their copy (m*k*2 as bf16, k*4 as f32) as dynamic
+            // shared memory, within what gemv_shared_x_budget opted them in to.
             unsafe { l.launch(cfg) }.map_err(device_err("matmul gemv"))?;
             return Ok(());
         }
