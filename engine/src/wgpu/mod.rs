@@ -228,14 +228,8 @@ const FIRST_BATCH: usize = 16;
 /// Most dispatches in one batch; also the capacity of a batch's uniform buffer.
 const MAX_BATCH: usize = 256;
 
-/// Most pipeline constants one kernel takes.
-const MAX_CONSTANTS: usize = 2;
-
-/// Pipeline constants by name, the unused places `None`.
-type Constants = [Option<(&'static str, u32)>; MAX_CONSTANTS];
-
-/// A kernel entry point, and the values of its pipeline constants.
-type KernelKey = (&'static str, &'static str, Constants);
+/// A kernel entry point, and the value of its pipeline constant if it has one.
+type KernelKey = (&'static str, &'static str, Option<(&'static str, u32)>);
 
 /// A compiled kernel entry point and its bind group layout (fetched once: `get_bind_group_layout`
 /// makes a new handle per call).
@@ -359,7 +353,7 @@ impl WgpuBackend {
         self.run_words(
             "numerics_probe",
             "main",
-            &[],
+            None,
             &[op as u32, u32_of(a.len(), "probe")?, 0, 0],
             &[(1, &ta.buffer), (2, &tb.buffer), (3, &out)],
             self.groups(a.len().div_ceil(ELEMENTWISE_THREADS))?,
@@ -369,8 +363,8 @@ impl WgpuBackend {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    /// The compiled pipeline of entry point `entry` of kernel `kernel`, with the pipeline
-    /// constants given set, compiled on first use.
+    /// The compiled pipeline of entry point `entry` of kernel `kernel`, with pipeline constant
+    /// `constant` set if given, compiled on first use.
     fn kernel(&self, key: KernelKey) -> Result<Arc<Kernel>> {
         let (kernel, entry, constant) = key;
         let mut cache = self
@@ -404,7 +398,6 @@ impl WgpuBackend {
         let module = unsafe { self.device.create_shader_module_trusted(descriptor, checks) };
         let constants: Vec<(&str, f64)> = constant
             .iter()
-            .flatten()
             .map(|&(name, v)| (name, f64::from(v)))
             .collect();
         let pipeline = self
@@ -554,17 +547,17 @@ impl WgpuBackend {
         let mut words = Vec::with_capacity(params.len() + 1);
         words.push(0u32);
         words.extend_from_slice(params);
-        self.run_words(kernel, entry, &[], &words, buffers, groups, wait)
+        self.run_words(kernel, entry, None, &words, buffers, groups, wait)
     }
 
-    /// [`Self::run`] with the whole parameter block given, `opaque_zero` included, and the
-    /// kernel's pipeline constants (at most [`MAX_CONSTANTS`]).
+    /// [`Self::run`] with the whole parameter block given, `opaque_zero` included, and a pipeline
+    /// constant if the kernel has one.
     #[allow(clippy::too_many_arguments)]
     fn run_words(
         &self,
         kernel: &'static str,
         entry: &'static str,
-        constants: &[(&'static str, u32)],
+        constant: Option<(&'static str, u32)>,
         params: &[u32],
         buffers: &[(u32, &wgpu::Buffer)],
         groups: (u32, u32),
@@ -572,16 +565,6 @@ impl WgpuBackend {
     ) -> Result<()> {
         if groups.0 == 0 || groups.1 == 0 {
             return Ok(());
-        }
-        if constants.len() > MAX_CONSTANTS {
-            return Err(Error::Device(format!(
-                "{entry}: {} pipeline constants exceed {MAX_CONSTANTS}",
-                constants.len()
-            )));
-        }
-        let mut constant: Constants = [None; MAX_CONSTANTS];
-        for (place, &c) in constant.iter_mut().zip(constants) {
-            *place = Some(c);
         }
         let kernel = self.kernel((kernel, entry, constant))?;
         // Padded to a 16-byte multiple, as uniform blocks require.
@@ -952,7 +935,7 @@ impl Backend for WgpuBackend {
                 self.run_words(
                     "matmul_default",
                     "gemv_split_vec",
-                    &[("SPLIT_M", m32)],
+                    Some(("SPLIT_M", m32)),
                     &[0, m32, n32, k32],
                     &[(6, &xb.buffer), (4, &w.buffer), (3, &result.buffer)],
                     self.groups(n.div_ceil(DEFAULT_SPLIT_COLS))?,
@@ -972,7 +955,7 @@ impl Backend for WgpuBackend {
                 self.run_words(
                     "matmul",
                     "gemv_vec",
-                    &[("GEMV_M", m32)],
+                    Some(("GEMV_M", m32)),
                     &[0, m32, n32, k32, plan.cols, plan.seg_chunks, 0, 0],
                     &[(5, &x.buffer), (4, &w.buffer), (3, &result.buffer)],
                     self.groups(n.div_ceil(plan.cols as usize))?,
