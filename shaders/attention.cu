@@ -183,11 +183,14 @@ __device__ __forceinline__ void attn_merge(AttnState& st, float next_max, float 
     st.max = m;
 }
 
+// Writes the output, and its bf16 rounding for the o projection that reads it.
 __device__ __forceinline__ void attn_finish(const AttnState& st, float* out_row_head,
-                                            unsigned int d) {
+                                            unsigned short* rounded_row_head, unsigned int d) {
     float inv = contract_recip(st.sum);
     if (threadIdx.x < d) {
-        out_row_head[threadIdx.x] = mul_rn(st.acc, inv);
+        float y = mul_rn(st.acc, inv);
+        out_row_head[threadIdx.x] = y;
+        rounded_row_head[threadIdx.x] = (unsigned short)round_bf16_bits(y);
     }
 }
 
@@ -196,7 +199,10 @@ attention_fused(const float* __restrict__ q, const unsigned short* __restrict__ 
     const unsigned short* __restrict__ v_cache, const unsigned int* __restrict__ block_table,
     unsigned int heads, unsigned int kv_heads, unsigned int head_dim, unsigned int page_size,
     float scale,
-    const unsigned int* __restrict__ work, float* __restrict__ out) {
+    const unsigned int* __restrict__ work, float* __restrict__ out,
+    unsigned short* __restrict__ rounded) {
+    // The o projection's GEMV, next in the stream, may start loading weights.
+    allow_dependent_launch();
     AttnArgs a = {q, k_cache, v_cache, block_table, heads, kv_heads, head_dim, page_size, scale};
     __shared__ AttnShared s;
     unsigned int h = blockIdx.x;
@@ -217,7 +223,8 @@ attention_fused(const float* __restrict__ q, const unsigned short* __restrict__ 
             attn_merge(st, s.block_max, s.block_sum, acc);
         }
     }
-    attn_finish(st, out + ((unsigned long long)row * a.heads + h) * a.head_dim, a.head_dim);
+    unsigned long long at = ((unsigned long long)row * a.heads + h) * a.head_dim;
+    attn_finish(st, out + at, rounded + at, a.head_dim);
 }
 
 // `items` lists (work index, block index) pairs; the blocks of one work row are consecutive and
@@ -258,8 +265,10 @@ attention_block_partials(const float* __restrict__ q, const unsigned short* __re
 extern "C" __global__ void attention_merge_partials(const float* __restrict__ partials,
                                                     const unsigned int* __restrict__ work,
                                                     const unsigned int* __restrict__ first_item,
-                                                    float* __restrict__ out, unsigned int heads,
-                                                    unsigned int head_dim) {
+                                                    float* __restrict__ out,
+                                                    unsigned short* __restrict__ rounded,
+                                                    unsigned int heads, unsigned int head_dim) {
+    allow_dependent_launch();
     unsigned int h = blockIdx.x;
     unsigned int w = blockIdx.y;
     unsigned int row = work[3 * w];
@@ -278,5 +287,6 @@ extern "C" __global__ void attention_merge_partials(const float* __restrict__ pa
             attn_merge(st, p[0], p[1], p[2 + dd]);
         }
     }
-    attn_finish(st, out + ((unsigned long long)row * heads + h) * head_dim, head_dim);
+    unsigned long long at = ((unsigned long long)row * heads + h) * head_dim;
+    attn_finish(st, out + at, rounded + at, head_dim);
 }

@@ -6,6 +6,8 @@
 extern "C" __global__ void silu_mul(const float* __restrict__ gate_up, float* __restrict__ out,
                                     unsigned short* __restrict__ rounded, unsigned long long len,
                                     unsigned int n) {
+    // The down projection's GEMV, next in the stream, may start loading weights.
+    allow_dependent_launch();
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < len) {
         unsigned long long gate = i + (i / n) * n;

@@ -38,7 +38,8 @@ __device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
 
 // ---- The GEMV for k a multiple of 8 with at most GEMV_THREADS chunks (every model shape). ----
 //
-// A block computes `cols = GEMV_THREADS / chunks` output columns. Thread (chunk c, column j),
+// A block computes `cols` output columns (at most GEMV_THREADS / chunks; the host picks, see
+// gemv_columns) with one thread per task, a (chunk, column) pair. Thread (chunk c, column j),
 // chunk-major so that the lanes of a warp share few chunks and their activation loads coincide,
 // adds the chunk's products for every row in the contract's order; the partials go to shared
 // memory and one thread per (row, column) combines them in ascending chunk order.
@@ -47,8 +48,9 @@ __device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
 // PASS / 8 lanes read one task's 2 * PASS contiguous bytes with 16-byte loads (a lane reading
 // its own chunk directly would make each instruction touch 32 separate lines), and the loads of
 // the next pass are in flight while the current pass is added. Activations come pre-rounded to
-// bf16, read 8 at a time. A pass of 64 (whole 128-byte lines per task) streams the large
-// matrices faster; 32 needs fewer registers, which suits the smaller ones and several rows.
+// bf16, read 8 at a time. A pass of 64 (whole 128-byte lines per task) streams weights faster
+// at one row, at every model shape once x is in shared memory (H100, 2026-11-23: down 64 -> 54
+// us, tg128 122 -> 128 tokens/s); 32 needs fewer registers, which suits several rows.
 //
 // Activations: every block reads all of x (m x k), each value once per warp that needs it, so
 // from global memory nearly every read missed L1 and a lane waited out an L2 round trip per
@@ -133,7 +135,8 @@ template <bool BF16_OUT, int PASS, int X_MODE>
 __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restrict__ x,
                                                  const unsigned short* __restrict__ w,
                                                  void* __restrict__ out, unsigned int m,
-                                                 unsigned int n, unsigned int k) {
+                                                 unsigned int n, unsigned int k,
+                                                 unsigned int cols) {
     constexpr int UNITS = PASS / 8;
     // Each task's staged row of 16-byte units, padded by one unit so that lanes reading their
     // own rows hit distinct banks.
@@ -143,7 +146,6 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     __shared__ float partials[GEMV_MAX_ROWS * GEMV_THREADS];
     __shared__ uint4 stage[GEMV_THREADS / 32][32 * STAGE_ROW];
     unsigned int chunks = (k + DOT_CHUNK - 1) / DOT_CHUNK;
-    unsigned int cols = GEMV_THREADS / chunks;
     unsigned int col_local = threadIdx.x % cols;
     unsigned int c = threadIdx.x / cols;
     unsigned int start = c * DOT_CHUNK;
@@ -174,6 +176,8 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
             next[i] = gemv_weight_load<X_MODE>(load_w[i] + at);
         }
     }
+    // Weights are never written by a kernel; x is the prior kernel's output.
+    wait_for_prior_grid();
     // After the first weight loads are out, so that their latency and the activations' overlap.
     extern __shared__ uint4 gemv_shared_x[];
     const void* xs = gemv_activations<X_MODE>(x, gemv_shared_x, m, k);
@@ -233,7 +237,7 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     }
     __syncthreads();
     // m * cols can exceed the block's threads (k of one chunk and several rows).
-    for (unsigned int i = threadIdx.x; i < m * cols; i += GEMV_THREADS) {
+    for (unsigned int i = threadIdx.x; i < m * cols; i += blockDim.x) {
         unsigned int r = i / cols;
         unsigned int cl = i % cols;
         unsigned long long jj = (unsigned long long)blockIdx.x * cols + cl;
@@ -265,8 +269,9 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
 #define GEMV_KERNEL(NAME, BOUNDS, OUT_T, BF16_OUT, PASS, X_MODE)                                  \
     extern "C" __global__ void BOUNDS                                                            \
         NAME(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,        \
-             OUT_T* __restrict__ out, unsigned int m, unsigned int n, unsigned int k) {         \
-        matmul_gemv_body<BF16_OUT, PASS, X_MODE>(x, w, out, m, n, k);                           \
+             OUT_T* __restrict__ out, unsigned int m, unsigned int n, unsigned int k,           \
+             unsigned int cols) {                                                                \
+        matmul_gemv_body<BF16_OUT, PASS, X_MODE>(x, w, out, m, n, k, cols);                     \
     }
 GEMV_KERNEL(matmul_gemv_f32, GEMV_NARROW_BOUNDS, float, false, 32, GEMV_X_BF16)
 GEMV_KERNEL(matmul_gemv_bf16, GEMV_NARROW_BOUNDS, unsigned short, true, 32, GEMV_X_BF16)
@@ -626,6 +631,8 @@ extern "C" __global__ void matmul_split_combine_bf16(const float* __restrict__ s
 // ---- Activations rounded to bf16 bits once, for every matmul path (and cuBLAS). ----
 extern "C" __global__ void round_to_bf16(const float* __restrict__ x, unsigned short* __restrict__ out,
                                          unsigned long long len) {
+    // The matmul that reads the output, next in the stream, may start loading weights.
+    allow_dependent_launch();
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < len) {
         out[i] = (unsigned short)round_bf16_bits(x[i]);

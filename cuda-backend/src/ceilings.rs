@@ -1,13 +1,18 @@
 //! What this GPU can do at best, measured in the same run as ditto's kernels so that benchmarks
-//! report ratios rather than absolute figures: device-to-device copy bandwidth, and cuBLAS GEMM
+//! report ratios rather than absolute figures: device-to-device copy bandwidth, the time to
+//! stream a given number of bytes (a GEMV's weights) through a kernel, and cuBLAS GEMM
 //! throughput in bf16 (tensor cores) and in fp32 (no TF32: the arithmetic of ditto's invariant
 //! kernels).
 
 use crate::{device_err, CudaBackend};
 use cudarc::cublas::{sys as cublas_sys, CudaBlas};
-use cudarc::driver::{DevicePtr, DevicePtrMut};
+use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 use ditto_engine::{Error, Result};
 use std::time::Instant;
+
+/// The read ceiling's launch: full occupancy (2048 threads an SM on every GPU since Volta).
+const READ_THREADS: u32 = 256;
+const READ_BLOCKS_PER_SM: usize = 8;
 
 /// The element type of a cuBLAS ceiling GEMM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +41,48 @@ impl CudaBackend {
             best = best.min(t.elapsed().as_secs_f64());
         }
         Ok(best)
+    }
+
+    /// Seconds per read of `bytes` bytes (a multiple of 16) by a kernel that streams them and
+    /// computes nothing: what a GEMV that reads that many weights could take at best, launch
+    /// and ramp included. Timed as the benchmarks time kernels: `reps` launches queued back to
+    /// back, over copies that together exceed the last-level cache, so that every read comes
+    /// from memory.
+    pub fn read_seconds(&self, bytes: usize, reps: usize) -> Result<f64> {
+        const COLD_BYTES: usize = 100 << 20;
+        let units = bytes / 16;
+        let copies = COLD_BYTES.div_ceil(bytes.max(1)).clamp(1, 8);
+        let src = self.alloc_zeros::<u8>(units.max(1) * 16 * copies)?;
+        let mut sink = self.alloc_zeros::<u32>(1)?;
+        let f = self.func("read_bandwidth")?;
+        let blocks = (self.sm_count * READ_BLOCKS_PER_SM) as u32;
+        let units64 = units as u64;
+        // Zeros fold to zero, never to this.
+        let never = u32::MAX;
+        let mut launch = |turn: usize| -> Result<()> {
+            let view = src.slice(turn % copies * units * 16..);
+            let mut l = self.stream.launch_builder(f);
+            l.arg(&view).arg(&units64).arg(&never).arg(&mut sink);
+            let cfg = cudarc::driver::LaunchConfig {
+                grid_dim: (blocks, 1, 1),
+                block_dim: (READ_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: read_bandwidth(const uint4* src, unsigned long long units, unsigned int
+            // never, unsigned int* sink); the view holds at least units 16-byte units (its
+            // start is a multiple of 16 bytes into a device allocation), sink one u32.
+            unsafe { l.launch(cfg) }.map_err(device_err("read_bandwidth"))?;
+            Ok(())
+        };
+        launch(0)?;
+        self.synchronize()?;
+        let reps = reps.max(1);
+        let t = Instant::now();
+        for turn in 1..=reps {
+            launch(turn)?;
+        }
+        self.synchronize()?;
+        Ok(t.elapsed().as_secs_f64() / reps as f64)
     }
 
     /// Seconds per cuBLAS GEMM of `[m, k]` by `[k, n]` (best of `reps`, after a warm-up);

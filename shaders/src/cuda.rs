@@ -1,4 +1,5 @@
-//! Assembly of CUDA sources: generated constants, then `numerics.cuh`, then the kernel family.
+//! Assembly of CUDA sources: generated constants, then `numerics.cuh` and
+//! `dependent_launch.cuh`, then the kernel family.
 //! The CUDA backend compiles each family with NVRTC (see `ditto-cuda`).
 
 use crate::SourceConstant;
@@ -7,8 +8,11 @@ use std::fmt::Write;
 /// The primitives every contract kernel uses; see `numerics.cuh`.
 pub const NUMERICS: &str = include_str!("../numerics.cuh");
 
+/// The launch-overlap helpers (programmatic dependent launch); see `dependent_launch.cuh`.
+pub const DEPENDENT_LAUNCH: &str = include_str!("../dependent_launch.cuh");
+
 /// Every CUDA kernel family of the contract, by name. Each is compiled as
-/// `constants() + NUMERICS + source`.
+/// `constants() + NUMERICS + DEPENDENT_LAUNCH + source`.
 pub const KERNELS: &[(&str, &str)] = &[
     ("embedding", include_str!("../embedding.cu")),
     ("rms_norm", include_str!("../rms_norm.cu")),
@@ -28,6 +32,8 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("attention", include_str!("../attention.cu")),
     ("argmax", include_str!("../argmax.cu")),
     ("numerics_probe", include_str!("../numerics_probe.cu")),
+    // The benchmarks' read-bandwidth ceiling (not a contract kernel; it computes nothing).
+    ("read_bandwidth", include_str!("../read_bandwidth.cu")),
 ];
 
 /// `KernelMode::Default` kernels that are not the contract (compiled with fast math, without
@@ -38,7 +44,13 @@ pub const DEFAULT_MODE_KERNELS: &[(&str, &str)] =
 /// The full source of contract kernel family `name`, or `None` for an unknown name.
 pub fn source(name: &str) -> Option<String> {
     let kernel = KERNELS.iter().find(|(n, _)| *n == name)?.1;
-    Some(format!("{}{}\n{}", constants(), NUMERICS, kernel))
+    Some(format!(
+        "{}{}\n{}\n{}",
+        constants(),
+        NUMERICS,
+        DEPENDENT_LAUNCH,
+        kernel
+    ))
 }
 
 /// CUDA `#define`s of the contract's constants, generated from [`crate::contract`]. Floats are
