@@ -70,11 +70,25 @@ __device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
 #define GEMV_X_BF16 1
 #define GEMV_X_F32 2
 
-// Makes x readable by gemv_x8 from where X_MODE says; `shared_x` is the dynamic shared memory.
+// Unpacked to f32, each chunk of x is followed by one unused float4 in shared memory: where a
+// block has fewer than 8 columns, lanes of a warp read the same offset in different chunks,
+// which would otherwise fall in the same banks (Nsight on the H100: 6.5-way conflicts on 60% of
+// the down projection's shared loads, 2026-11-23). The float4 that holds element e (a multiple
+// of 4) of row r:
+__device__ __forceinline__ unsigned int gemv_shared_x_f32_unit(unsigned int r, unsigned int e,
+                                                               unsigned int k,
+                                                               unsigned int chunks) {
+    return r * (k / 4 + chunks) + e / 4 + e / DOT_CHUNK;
+}
+
+// Makes x readable by gemv_x8 from where X_MODE says; `shared_x` is the dynamic shared memory
+// (m * k * 2 bytes for bf16, m * (k * 4 + chunks * 16) for f32, as the host gives).
 template <int X_MODE>
 __device__ __forceinline__ const void* gemv_activations(const unsigned short* x, uint4* shared_x,
-                                                        unsigned int m, unsigned int k) {
-    unsigned int units = m * k / 8;
+                                                        unsigned int m, unsigned int k,
+                                                        unsigned int chunks) {
+    unsigned int row_units = k / 8;
+    unsigned int units = m * row_units;
     const uint4* from = reinterpret_cast<const uint4*>(x);
     if (X_MODE == GEMV_X_BF16) {
         for (unsigned int i = threadIdx.x; i < units; i += blockDim.x) {
@@ -86,10 +100,13 @@ __device__ __forceinline__ const void* gemv_activations(const unsigned short* x,
     if (X_MODE == GEMV_X_F32) {
         float4* to = reinterpret_cast<float4*>(shared_x);
         for (unsigned int i = threadIdx.x; i < units; i += blockDim.x) {
+            unsigned int r = i / row_units;
+            unsigned int e = (i - r * row_units) * 8;
+            unsigned int at = gemv_shared_x_f32_unit(r, e, k, chunks);
             float f[8];
             unpack_bf16x8(from[i], f);
-            to[2 * i] = make_float4(f[0], f[1], f[2], f[3]);
-            to[2 * i + 1] = make_float4(f[4], f[5], f[6], f[7]);
+            to[at] = make_float4(f[0], f[1], f[2], f[3]);
+            to[at + 1] = make_float4(f[4], f[5], f[6], f[7]);
         }
         __syncthreads();
         return shared_x;
@@ -101,11 +118,14 @@ __device__ __forceinline__ const void* gemv_activations(const unsigned short* x,
     return x;
 }
 
-// The 8 values of x from element `at` (a multiple of 8) of wherever gemv_activations put it.
+// The 8 values of row r of x from element e (a multiple of 8) of wherever gemv_activations put
+// it.
 template <int X_MODE>
-__device__ __forceinline__ void gemv_x8(const void* xs, unsigned long long at, float xv[8]) {
+__device__ __forceinline__ void gemv_x8(const void* xs, unsigned int r, unsigned int e,
+                                        unsigned int k, unsigned int chunks, float xv[8]) {
     if (X_MODE == GEMV_X_F32) {
-        const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(xs) + at);
+        const float4* p =
+            static_cast<const float4*>(xs) + gemv_shared_x_f32_unit(r, e, k, chunks);
         float4 lo = p[0];
         float4 hi = p[1];
         xv[0] = lo.x;
@@ -117,8 +137,9 @@ __device__ __forceinline__ void gemv_x8(const void* xs, unsigned long long at, f
         xv[6] = hi.z;
         xv[7] = hi.w;
     } else {
-        unpack_bf16x8(
-            *reinterpret_cast<const uint4*>(static_cast<const unsigned short*>(xs) + at), xv);
+        unpack_bf16x8(*reinterpret_cast<const uint4*>(static_cast<const unsigned short*>(xs) +
+                                                      (unsigned long long)r * k + e),
+                      xv);
     }
 }
 
@@ -180,7 +201,7 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     wait_for_prior_grid();
     // After the first weight loads are out, so that their latency and the activations' overlap.
     extern __shared__ uint4 gemv_shared_x[];
-    const void* xs = gemv_activations<X_MODE>(x, gemv_shared_x, m, k);
+    const void* xs = gemv_activations<X_MODE>(x, gemv_shared_x, m, k, chunks);
 
     float acc[GEMV_MAX_ROWS];
 #pragma unroll
@@ -214,7 +235,7 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
                 for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
                     if (r < (int)m) {
                         float xv[8];
-                        gemv_x8<X_MODE>(xs, (unsigned long long)r * k + start + at, xv);
+                        gemv_x8<X_MODE>(xs, r, start + at, k, chunks, xv);
                         float a = acc[r];
 #pragma unroll
                         for (int e = 0; e < 8; ++e) {

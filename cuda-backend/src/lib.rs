@@ -48,8 +48,8 @@ const ATTN_INPUTS_SKIP: u32 = u32::MAX;
 /// Mirrors `GEMV_THREADS` in matmul.cu.
 const GEMV_THREADS: u32 = 256;
 /// The most bytes of activations a GEMV block copies to shared memory (m * k bf16, or for the
-/// wide pass one row of k f32); larger ones are read from global memory. 64 KB holds 8 rows of
-/// k <= 4096 as bf16, or one row of k <= 16384 as f32.
+/// wide pass one row of k f32, each chunk padded by 16 bytes); larger ones are read from global
+/// memory. 64 KB holds 8 rows of k <= 4096 as bf16, or one row of k < 16384 as f32.
 const GEMV_SHARED_X_MAX: usize = 64 << 10;
 /// The GEMV kernels that copy x to shared memory.
 const GEMV_SHARED_X_KERNELS: [&str; 4] = [
@@ -819,10 +819,13 @@ impl CudaBackend {
             // rows the 32-wide pass with x as bf16, or from global memory where x is too large
             // (see matmul.cu for the measurements behind each).
             let budget = self.gemv_shared_x_max;
-            let (name, dynamic_shared) = if m == 1 && k * 4 <= budget {
-                ("matmul_gemv_wide", k * 4)
-            } else if m * k * 2 <= budget {
-                ("matmul_gemv", m * k * 2)
+            // x in shared memory: m rows of k bf16 values, or one row of f32 values with a
+            // 16-byte pad after every chunk.
+            let (f32_bytes, bf16_bytes) = (k * 4 + chunks * 16, m * k * 2);
+            let (name, dynamic_shared) = if m == 1 && f32_bytes <= budget {
+                ("matmul_gemv_wide", f32_bytes)
+            } else if bf16_bytes <= budget {
+                ("matmul_gemv", bf16_bytes)
             } else {
                 ("matmul_gemv_global_x", 0)
             };
@@ -859,7 +862,7 @@ impl CudaBackend {
             // (its __launch_bounds__); xb holds m*k, w n*k and out m*n elements; m <=
             // GEMV_MAX_ROWS, k is a multiple of 8 (16-byte rows) with at most GEMV_THREADS
             // chunks, as the kernel needs; the kernels that copy x get the bytes of their copy
-            // (m*k*2 as bf16, k*4 as f32) as dynamic shared memory, within what
+            // (m*k*2 as bf16, k*4 + chunks*16 as f32) as dynamic shared memory, within what
             // gemv_shared_x_budget opted them in to. The kernel waits for the prior grid before
             // it reads x or writes out, as an overlapped launch requires.
             unsafe { self.launch_gemv(f, cfg, &mut args) }?;
