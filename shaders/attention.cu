@@ -14,10 +14,6 @@
 
 #define ATTN_THREADS 256
 #define ATTN_MAX_HEAD_DIM 256
-// Loads a thread has in flight: 16-byte units of a key (16: a whole 128-wide head), and value
-// positions.
-#define ATTN_K_AHEAD 16
-#define ATTN_V_AHEAD 32
 
 struct AttnArgs {
     const float* q;
@@ -94,27 +90,30 @@ __device__ float attn_block_partial(const AttnArgs& a, unsigned int table_start,
             float part = 0.0f;
             if ((d & 7u) == 0u) {
                 // Rows are kv_heads * d bf16 values with d a multiple of 8: 16-byte aligned.
-                // A chunk's loads (up to ATTN_K_AHEAD of 8 values) all go out before their
-                // products are added: the key is in memory, not in a cache, so each round of
-                // loads costs a memory latency.
-                for (unsigned int kk = c0; kk < c1; kk += 8 * ATTN_K_AHEAD) {
-                    uint4 kq[ATTN_K_AHEAD];
+                // Groups of four 16-byte loads are issued before their products are added.
+                unsigned int kk = c0;
+                for (; kk + 32 <= c1; kk += 32) {
+                    uint4 kq[4];
 #pragma unroll
-                    for (int g = 0; g < ATTN_K_AHEAD; ++g) {
-                        if (kk + 8 * g < c1) {
-                            kq[g] = *reinterpret_cast<const uint4*>(key + kk + 8 * g);
-                        }
+                    for (int g = 0; g < 4; ++g) {
+                        kq[g] = *reinterpret_cast<const uint4*>(key + kk + 8 * g);
                     }
 #pragma unroll
-                    for (int g = 0; g < ATTN_K_AHEAD; ++g) {
-                        if (kk + 8 * g < c1) {
-                            float kv[8];
-                            unpack_bf16x8(kq[g], kv);
+                    for (int g = 0; g < 4; ++g) {
+                        float kv[8];
+                        unpack_bf16x8(kq[g], kv);
 #pragma unroll
-                            for (int e = 0; e < 8; ++e) {
-                                part = fmaf(s.q[kk + 8 * g + e], kv[e], part);
-                            }
+                        for (int e = 0; e < 8; ++e) {
+                            part = fmaf(s.q[kk + 8 * g + e], kv[e], part);
                         }
+                    }
+                }
+                for (; kk < c1; kk += 8) {
+                    float kv[8];
+                    unpack_bf16x8(*reinterpret_cast<const uint4*>(key + kk), kv);
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) {
+                        part = fmaf(s.q[kk + e], kv[e], part);
                     }
                 }
             } else {
@@ -142,25 +141,24 @@ __device__ float attn_block_partial(const AttnArgs& a, unsigned int table_start,
         s.block_sum = fold_in_order(s.p, n, 0.0f, [](float acc, float v) { return acc + v; });
     }
     // Value sums: thread i < d owns dimension i and adds positions in ascending order; at each
-    // position the threads read one contiguous row. Loads go out ATTN_V_AHEAD positions at a
-    // time before their products are added (one memory latency per round; at 8 a round, decode
-    // attention spent most of its time waiting).
+    // position the threads read one contiguous row. Loads go out eight positions at a time
+    // before their products are added.
     float acc = 0.0f;
     if (threadIdx.x < d) {
-        for (unsigned int j = 0; j < n; j += ATTN_V_AHEAD) {
-            unsigned short v[ATTN_V_AHEAD];
+        unsigned int j = 0;
+        for (; j + 8 <= n; j += 8) {
+            float v[8];
 #pragma unroll
-            for (int e = 0; e < ATTN_V_AHEAD; ++e) {
-                if (j + e < n) {
-                    v[e] = a.v_cache[s.kv_offset[j + e] + threadIdx.x];
-                }
+            for (int e = 0; e < 8; ++e) {
+                v[e] = bf16_to_f32(a.v_cache[s.kv_offset[j + e] + threadIdx.x]);
             }
 #pragma unroll
-            for (int e = 0; e < ATTN_V_AHEAD; ++e) {
-                if (j + e < n) {
-                    acc = acc + mul_rn(s.p[j + e], bf16_to_f32(v[e]));
-                }
+            for (int e = 0; e < 8; ++e) {
+                acc = acc + mul_rn(s.p[j + e], v[e]);
             }
+        }
+        for (; j < n; ++j) {
+            acc = acc + mul_rn(s.p[j], bf16_to_f32(a.v_cache[s.kv_offset[j] + threadIdx.x]));
         }
     }
     __syncthreads();
