@@ -203,6 +203,7 @@ attention_fused(const float* __restrict__ q, const unsigned short* __restrict__ 
     unsigned short* __restrict__ rounded) {
     // The o projection's GEMV, next in the stream, may start loading weights.
     allow_dependent_launch();
+    wait_for_prior_grid();
     AttnArgs a = {q, k_cache, v_cache, block_table, heads, kv_heads, head_dim, page_size, scale};
     __shared__ AttnShared s;
     unsigned int h = blockIdx.x;

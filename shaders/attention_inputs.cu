@@ -17,6 +17,9 @@ extern "C" __global__ void attention_inputs(
     const float* __restrict__ sin_table, float* __restrict__ q_out,
     unsigned short* __restrict__ k_cache, unsigned short* __restrict__ v_cache,
     unsigned int heads, unsigned int kv_heads, unsigned int head_dim, float eps, float inv_dim) {
+    // Attention, next in the stream, may be scheduled.
+    allow_dependent_launch();
+    wait_for_prior_grid();
     extern __shared__ __align__(16) float shared[];
     __shared__ float r_shared;
     unsigned int h = blockIdx.x;

@@ -8,6 +8,7 @@ extern "C" __global__ void silu_mul(const float* __restrict__ gate_up, float* __
                                     unsigned int n) {
     // The down projection's GEMV, next in the stream, may start loading weights.
     allow_dependent_launch();
+    wait_for_prior_grid();
     unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < len) {
         unsigned long long gate = i + (i / n) * n;

@@ -248,6 +248,9 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
         }
         __syncwarp();
     }
+    // The kernel after this one may be scheduled once every block is here (its blocks then wait
+    // for this grid to finish); earlier, they would take room from this grid's later blocks.
+    allow_dependent_launch();
     if (active) {
 #pragma unroll
         for (int r = 0; r < GEMV_MAX_ROWS; ++r) {

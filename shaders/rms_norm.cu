@@ -121,6 +121,7 @@ rms_norm(const float* __restrict__ x,
          unsigned int staged) {
     // The GEMV that reads the output, next in the stream, may start loading weights.
     allow_dependent_launch();
+    wait_for_prior_grid();
     extern __shared__ __align__(16) float shared[];
     __shared__ float r_shared;
     unsigned long long row_start = (unsigned long long)blockIdx.x * dim;

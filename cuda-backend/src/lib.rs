@@ -148,6 +148,48 @@ fn gemv_block_threads(cols: usize, chunks: usize) -> u32 {
     ((cols * chunks).div_ceil(32) * 32) as u32
 }
 
+/// Kernel arguments for `launch_overlapping`, each in an 8-byte slot: a device pointer or an
+/// unsigned long long fills its slot, and a 4-byte parameter is read from the first 4 bytes,
+/// which on a little-endian host (every host CUDA runs on) hold its value.
+#[cfg(target_endian = "little")]
+#[derive(Default)]
+struct RawArgs {
+    slots: Vec<u64>,
+}
+
+#[cfg(target_endian = "little")]
+impl RawArgs {
+    /// A device buffer (the backend tracks no events, so the pointer needs no guard).
+    fn buf<T>(mut self, b: &CudaSlice<T>, stream: &CudaStream) -> Self {
+        self.slots.push(b.device_ptr(stream).0);
+        self
+    }
+    /// An f32 or bf16 output buffer.
+    fn out(self, b: &Buf, stream: &CudaStream) -> Self {
+        match b {
+            Buf::F32(o) => self.buf(o, stream),
+            Buf::Bf16(o) => self.buf(o, stream),
+        }
+    }
+    /// A null pointer, for an optional buffer the kernel does not touch.
+    fn null(mut self) -> Self {
+        self.slots.push(0);
+        self
+    }
+    fn u32(mut self, v: u32) -> Self {
+        self.slots.push(u64::from(v));
+        self
+    }
+    fn u64(mut self, v: u64) -> Self {
+        self.slots.push(v);
+        self
+    }
+    fn f32(mut self, v: f32) -> Self {
+        self.slots.push(u64::from(v.to_bits()));
+        self
+    }
+}
+
 /// An index array uploaded by `upload_indices`: its host contents and its device copy.
 type IndexUpload = (Vec<u32>, Arc<CudaSlice<u32>>);
 
@@ -162,10 +204,10 @@ pub struct CudaBackend {
     /// The most bytes of x the GEMV copies to shared memory on this device (up to
     /// `GEMV_SHARED_X_MAX`, less where a block's shared memory is smaller).
     gemv_shared_x_max: usize,
-    /// Whether the GEMVs are launched to overlap the kernel before them (programmatic
-    /// dependent launch: compute capability 9.0 and later). Measured on the H100 (2026-11-23):
-    /// tg128 122.1 -> 125.8 tokens/s.
-    overlap_gemv: bool,
+    /// Whether the decode kernels are launched to overlap the kernel before them (programmatic
+    /// dependent launch: compute capability 9.0 and later). Measured on the H100 (2026-11-23),
+    /// with the GEMVs alone launched this way: tg128 122.1 -> 125.8 tokens/s.
+    overlap_launches: bool,
     /// Blocks per SM of a GEMV kernel by (kernel, threads, dynamic shared memory), from the
     /// driver's occupancy calculator.
     gemv_occupancy: Mutex<HashMap<(String, u32, usize), usize>>,
@@ -572,7 +614,7 @@ impl CudaBackend {
             blas,
             sm_count,
             gemv_shared_x_max,
-            overlap_gemv: major >= 9,
+            overlap_launches: major >= 9,
             gemv_occupancy: Mutex::new(HashMap::new()),
             description: format!(
                 "cuda:{ordinal} {name} ({arch}, {sm_count} SMs), {mode:?} kernels"
@@ -738,7 +780,7 @@ impl CudaBackend {
     ) -> Result<(Option<CudaTensor>, CudaTensor)> {
         expect_tensor(x, "rms_norm input", DType::F32, rows * dim)?;
         expect_tensor(weight, "rms_norm weight", DType::Bf16, dim)?;
-        let mut sum = match residual {
+        let sum = match residual {
             Some(r) => {
                 expect_tensor(r, "residual", DType::F32, rows * dim)?;
                 Some(self.f32_output(rows * dim)?)
@@ -763,30 +805,27 @@ impl CudaBackend {
         let (Buf::F32(ref mut o), Some(ref mut rounded)) = (&mut out.buf, &mut out.rounded) else {
             unreachable!("f32_output_rounded is f32 with a rounding")
         };
-        let null_pointer = 0u64;
         let f = self.func("rms_norm")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(x.f32s("rms_norm")?);
-        match (residual, &mut sum) {
+        let args = RawArgs::default().buf(x.f32s("rms_norm")?, &self.stream);
+        let args = match (residual, &sum) {
             (
                 Some(r),
                 Some(CudaTensor {
                     buf: Buf::F32(s), ..
                 }),
-            ) => {
-                l.arg(r.f32s("residual")?).arg(s);
-            }
-            _ => {
-                l.arg(&null_pointer).arg(&null_pointer);
-            }
-        }
-        l.arg(weight.bf16s("rms_norm weight")?)
-            .arg(o)
-            .arg(rounded)
-            .arg(&dim32)
-            .arg(&eps)
-            .arg(&inv_dim)
-            .arg(&staged32);
+            ) => args
+                .buf(r.f32s("residual")?, &self.stream)
+                .buf(s, &self.stream),
+            _ => args.null().null(),
+        };
+        let args = args
+            .buf(weight.bf16s("rms_norm weight")?, &self.stream)
+            .buf(o, &self.stream)
+            .buf(rounded, &self.stream)
+            .u32(dim32)
+            .f32(eps)
+            .f32(inv_dim)
+            .u32(staged32);
         let cfg = LaunchConfig {
             grid_dim: (u32_arg(rows, "rows")?, 1, 1),
             block_dim: (RMS_THREADS, 1, 1),
@@ -796,8 +835,9 @@ impl CudaBackend {
         // short* weight, float* out, unsigned short* rounded, unsigned int dim, float eps,
         // inv_dim, unsigned int staged); residual and sum_out are both null (never read or
         // written) or both rows*dim long, as are x, out and rounded; weight holds dim; one
-        // block per row with one shared float per chunk, plus the padded chunks when staged.
-        unsafe { l.launch(cfg) }.map_err(device_err("rms_norm"))?;
+        // block per row with one shared float per chunk, plus the padded chunks when staged;
+        // it waits for the prior grid first.
+        unsafe { self.launch_overlapping(f, cfg, args, "rms_norm") }?;
         Ok((sum, out))
     }
 
@@ -835,22 +875,14 @@ impl CudaBackend {
             };
             let f = self.func(&name)?;
             let cols = self.gemv_columns(&name, f, n, chunks, dynamic_shared)?;
-            let (x_ptr, _x_sync) = xb.device_ptr(&self.stream);
-            let (w_ptr, _w_sync) = ws.device_ptr(&self.stream);
-            let (out_ptr, _out_sync) = match out {
-                Buf::F32(o) => o.device_ptr_mut(&self.stream),
-                Buf::Bf16(o) => o.device_ptr_mut(&self.stream),
-            };
-            let cols32 = u32_arg(cols, "columns")?;
-            let mut args: [*mut std::ffi::c_void; 7] = [
-                &x_ptr as *const _ as *mut _,
-                &w_ptr as *const _ as *mut _,
-                &out_ptr as *const _ as *mut _,
-                &m32 as *const _ as *mut _,
-                &n32 as *const _ as *mut _,
-                &k32 as *const _ as *mut _,
-                &cols32 as *const _ as *mut _,
-            ];
+            let args = RawArgs::default()
+                .buf(xb, &self.stream)
+                .buf(ws, &self.stream)
+                .out(out, &self.stream)
+                .u32(m32)
+                .u32(n32)
+                .u32(k32)
+                .u32(u32_arg(cols, "columns")?);
             let cfg = LaunchConfig {
                 grid_dim: (u32_arg(n.div_ceil(cols), "column blocks")?, 1, 1),
                 block_dim: (gemv_block_threads(cols, chunks), 1, 1),
@@ -865,7 +897,7 @@ impl CudaBackend {
             // (m*k*2 as bf16, k*4 + chunks*16 as f32) as dynamic shared memory, within what
             // gemv_shared_x_budget opted them in to. The kernel waits for the prior grid before
             // it reads x or writes out, as an overlapped launch requires.
-            unsafe { self.launch_gemv(f, cfg, &mut args) }?;
+            unsafe { self.launch_overlapping(f, cfg, args, "matmul gemv") }?;
             return Ok(());
         }
         let chunks32 = u32_arg(chunks, "chunks")?;
@@ -938,17 +970,19 @@ impl CudaBackend {
         Ok(best.1)
     }
 
-    /// Launches a GEMV kernel, where the device has it with permission to start while the
-    /// kernel before it is still running (see dependent_launch.cuh).
+    /// Launches `f` where the device has it with permission to start while the kernel before
+    /// it in the stream is still running (see dependent_launch.cuh); `what` names it in errors.
     ///
     /// # Safety
-    /// `args` must match `f`'s parameters, as for any kernel launch, and `f` must call
-    /// `wait_for_prior_grid` before it reads or writes memory other than weights.
-    unsafe fn launch_gemv(
+    /// `args` must match `f`'s parameters in order and type, as for any kernel launch, and `f`
+    /// must call `wait_for_prior_grid` before it touches memory that a kernel before it may
+    /// write or read, weights excepted.
+    unsafe fn launch_overlapping(
         &self,
         f: &CudaFunction,
         cfg: LaunchConfig,
-        args: &mut [*mut std::ffi::c_void],
+        mut args: RawArgs,
+        what: &str,
     ) -> Result<()> {
         use cudarc::driver::sys;
         let mut attr = sys::CUlaunchAttribute {
@@ -958,7 +992,6 @@ impl CudaBackend {
             value: unsafe { std::mem::zeroed() },
         };
         attr.value.programmaticStreamSerializationAllowed = 1;
-        let overlap = self.overlap_gemv;
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -969,22 +1002,26 @@ impl CudaBackend {
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
             attrs: &mut attr,
-            numAttrs: u32::from(overlap),
+            numAttrs: u32::from(self.overlap_launches),
         };
-        self.ctx
-            .bind_to_thread()
-            .map_err(device_err("matmul gemv"))?;
-        // SAFETY: config and attr outlive the call; the caller vouches for args and f.
+        let mut pointers: Vec<*mut std::ffi::c_void> = args
+            .slots
+            .iter_mut()
+            .map(|slot| slot as *mut u64 as *mut std::ffi::c_void)
+            .collect();
+        self.ctx.bind_to_thread().map_err(device_err(what))?;
+        // SAFETY: config, attr and the argument slots outlive the call; the caller vouches that
+        // the arguments match f and that f waits for the prior grid.
         unsafe {
             sys::cuLaunchKernelEx(
                 &config,
                 f.cu_function(),
-                args.as_mut_ptr(),
+                pointers.as_mut_ptr(),
                 std::ptr::null_mut(),
             )
         }
         .result()
-        .map_err(device_err("matmul gemv"))
+        .map_err(device_err(what))
     }
 
     /// Invariant matmul of more than `GEMV_MAX_ROWS` rows: `xb` (bf16 `[m, k]`) times `w` (bf16
@@ -1370,31 +1407,30 @@ impl Backend for CudaBackend {
             u32_arg(head_dim, "head_dim")?,
         );
         let inv_dim = contract::rms_inv_dim(head_dim);
-        let null_pointer = 0u64;
         let f = self.func("attention_inputs")?;
         let Buf::F32(qo) = &mut q.buf else {
             unreachable!("f32_output is f32")
         };
         let kc = k_cache.bf16s_mut("attention_inputs k cache")?;
         let vc = v_cache.bf16s_mut("attention_inputs v cache")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(qkv.f32s("attention_inputs")?);
-        match &norms {
-            Some((qn, kn)) => l.arg(*qn).arg(*kn),
-            None => l.arg(&null_pointer).arg(&null_pointer),
+        let args = RawArgs::default().buf(qkv.f32s("attention_inputs")?, &self.stream);
+        let args = match &norms {
+            Some((qn, kn)) => args.buf(qn, &self.stream).buf(kn, &self.stream),
+            None => args.null().null(),
         };
-        l.arg(d_pos.as_ref())
-            .arg(d_slots.as_ref())
-            .arg(a.tables.cos.f32s("rope cos")?)
-            .arg(a.tables.sin.f32s("rope sin")?)
-            .arg(qo)
-            .arg(kc)
-            .arg(vc)
-            .arg(&heads32)
-            .arg(&kv_heads32)
-            .arg(&head_dim32)
-            .arg(&eps)
-            .arg(&inv_dim);
+        let args = args
+            .buf(d_pos.as_ref(), &self.stream)
+            .buf(d_slots.as_ref(), &self.stream)
+            .buf(a.tables.cos.f32s("rope cos")?, &self.stream)
+            .buf(a.tables.sin.f32s("rope sin")?, &self.stream)
+            .buf(qo, &self.stream)
+            .buf(kc, &self.stream)
+            .buf(vc, &self.stream)
+            .u32(heads32)
+            .u32(kv_heads32)
+            .u32(head_dim32)
+            .f32(eps)
+            .f32(inv_dim);
         let cfg = LaunchConfig {
             grid_dim: (
                 u32_arg(heads + 2 * kv_heads, "head rows")?,
@@ -1416,8 +1452,8 @@ impl Backend for CudaBackend {
         // rows*(heads+2kv_heads)*head_dim elements, q_out rows*heads*head_dim, the norm weights
         // head_dim; positions are within the tables and slots (other than the skip marker)
         // within both caches (checked above); one block per (head row, row) with the padded
-        // chunks, head_dim and chunks shared floats.
-        unsafe { l.launch(cfg) }.map_err(device_err("attention_inputs"))?;
+        // chunks, head_dim and chunks shared floats; it waits for the prior grid first.
+        unsafe { self.launch_overlapping(f, cfg, args, "attention_inputs") }?;
         Ok(q)
     }
 
@@ -1520,15 +1556,16 @@ impl Backend for CudaBackend {
             unreachable!("f32_output_rounded is f32 with a rounding")
         };
         let f = self.func("silu_mul")?;
-        let mut l = self.stream.launch_builder(f);
-        l.arg(gate_up.f32s("silu_mul")?)
-            .arg(o)
-            .arg(rounded)
-            .arg(&len)
-            .arg(&n32);
+        let args = RawArgs::default()
+            .buf(gate_up.f32s("silu_mul")?, &self.stream)
+            .buf(o, &self.stream)
+            .buf(rounded, &self.stream)
+            .u64(len)
+            .u32(n32);
         // SAFETY: silu_mul(const float*, float*, unsigned short*, unsigned long long len,
-        // unsigned int n); the input holds 2*len elements (checked), out and rounded len.
-        unsafe { l.launch(grid_1d(rows * n)?) }.map_err(device_err("silu_mul"))?;
+        // unsigned int n); the input holds 2*len elements (checked), out and rounded len; it
+        // waits for the prior grid first.
+        unsafe { self.launch_overlapping(f, grid_1d(rows * n)?, args, "silu_mul") }?;
         Ok(out)
     }
 
@@ -1806,19 +1843,19 @@ impl Backend for CudaBackend {
         };
         if !split {
             let f = self.func("attention_fused")?;
-            let mut l = self.stream.launch_builder(f);
-            l.arg(qs)
-                .arg(kc)
-                .arg(vc)
-                .arg(d_table.as_ref())
-                .arg(&heads)
-                .arg(&kv_heads)
-                .arg(&head_dim)
-                .arg(&page_size)
-                .arg(&scale)
-                .arg(d_work.as_ref())
-                .arg(o)
-                .arg(rounded);
+            let args = RawArgs::default()
+                .buf(qs, &self.stream)
+                .buf(kc, &self.stream)
+                .buf(vc, &self.stream)
+                .buf(d_table.as_ref(), &self.stream)
+                .u32(heads)
+                .u32(kv_heads)
+                .u32(head_dim)
+                .u32(page_size)
+                .f32(scale)
+                .buf(d_work.as_ref(), &self.stream)
+                .buf(o, &self.stream)
+                .buf(rounded, &self.stream);
             let cfg = LaunchConfig {
                 grid_dim: (heads, n_work32, 1),
                 block_dim: (ATTN_THREADS, 1, 1),
@@ -1827,8 +1864,9 @@ impl Backend for CudaBackend {
             // SAFETY: attention_fused(q, k_cache, v_cache, block_table, heads, kv_heads,
             // head_dim, page_size, scale, work, out, rounded) as declared in attention.cu; out
             // and rounded hold rows*heads*head_dim;
-            // check_attention bounded every page and row, head_dim <= ATTN_MAX_HEAD_DIM.
-            unsafe { l.launch(cfg) }.map_err(device_err("attention_fused"))?;
+            // check_attention bounded every page and row, head_dim <= ATTN_MAX_HEAD_DIM; it waits
+            // for the prior grid first.
+            unsafe { self.launch_overlapping(f, cfg, args, "attention_fused") }?;
             return Ok(out);
         }
         if items > 65535 {
