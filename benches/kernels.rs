@@ -1,7 +1,7 @@
 //! Kernel benchmarks at the shapes of a model: matmul (GEMV for decode, GEMM for prefill and
 //! large batches), attention (decode and prefill) and RMSNorm, in the invariant and the default
 //! kernels, with throughput as a fraction of ceilings measured in the same run (CUDA: device copy
-//! bandwidth, cuBLAS bf16 and fp32 GEMM).
+//! bandwidth, cuBLAS bf16 and fp32 GEMM, and for each GEMV the time to stream its weights).
 //!
 //! ```sh
 //! cargo bench --bench kernels -- [--backend cpu|wgpu|cuda|all] [--shapes qwen3-8b|smollm2]
