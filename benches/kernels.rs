@@ -14,17 +14,13 @@
 mod common;
 
 use common::Rng;
-use ditto::cuda::ceilings::GemmPrecision;
+use ditto::cuda::ceilings::{cold_copies, GemmPrecision};
 use ditto::cuda::CudaBackend;
 use ditto::engine::cpu::CpuBackend;
 use ditto::engine::wgpu::WgpuBackend;
 use ditto::engine::{AttnGeometry, AttnSeq, Backend, DType, KernelMode, MatmulShape, Result};
 use ditto::shaders::contract;
 use std::time::Instant;
-
-/// Matmul weights are read from this many bytes of copies in turn, so that they come from
-/// memory rather than a cache warmed by the previous call (twice the H100's 50 MB L2).
-const COLD_WEIGHT_BYTES: usize = 100 << 20;
 
 /// The dimensions the benchmark takes from a model.
 #[derive(Clone, Copy)]
@@ -240,8 +236,8 @@ fn bench_backend<B: Backend>(
         let w = rng.bf16s(n * k, 0.05);
         // In a model each layer's weights were pushed out of the caches by the other layers'
         // by the time they are read again, so consecutive calls take turns over copies that
-        // together exceed a GPU's last-level cache (50 MB on the H100).
-        let copies = (COLD_WEIGHT_BYTES.div_ceil(n * k * 2)).clamp(1, 8);
+        // together exceed a GPU's last-level cache, as the read ceiling does.
+        let copies = cold_copies(n * k * 2);
         let upload =
             |b: &B| -> Result<Vec<B::Tensor>> { (0..copies).map(|_| b.upload_bf16(&w)).collect() };
         let (wi, wd) = (upload(invariant)?, default.map(upload).transpose()?);

@@ -10,6 +10,16 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 use ditto_engine::{Error, Result};
 use std::time::Instant;
 
+/// Benchmarks read weights from copies that together hold this many bytes, taking turns, so that
+/// each read comes from memory rather than from a cache warmed by the previous call (twice the
+/// H100's 50 MB L2).
+pub const COLD_BYTES: usize = 100 << 20;
+
+/// How many copies of a `bytes`-byte buffer make at least `COLD_BYTES` (at most 8).
+pub fn cold_copies(bytes: usize) -> usize {
+    COLD_BYTES.div_ceil(bytes.max(1)).clamp(1, 8)
+}
+
 /// The read ceiling's launch: full occupancy (2048 threads an SM on every GPU since Volta).
 const READ_THREADS: u32 = 256;
 const READ_BLOCKS_PER_SM: usize = 8;
@@ -49,9 +59,8 @@ impl CudaBackend {
     /// back, over copies that together exceed the last-level cache, so that every read comes
     /// from memory.
     pub fn read_seconds(&self, bytes: usize, reps: usize) -> Result<f64> {
-        const COLD_BYTES: usize = 100 << 20;
         let units = bytes / 16;
-        let copies = COLD_BYTES.div_ceil(bytes.max(1)).clamp(1, 8);
+        let copies = cold_copies(bytes);
         let src = self.alloc_zeros::<u8>(units.max(1) * 16 * copies)?;
         let mut sink = self.alloc_zeros::<u32>(1)?;
         let f = self.func("read_bandwidth")?;

@@ -209,9 +209,9 @@ pub struct CudaBackend {
     /// tg128 122.1 -> 125.8 tokens/s with the GEMVs launched this way, 126.0 -> 130.5 with every
     /// decode kernel.
     overlap_launches: bool,
-    /// Blocks per SM of a GEMV kernel by (kernel, threads, dynamic shared memory), from the
-    /// driver's occupancy calculator.
-    gemv_occupancy: Mutex<HashMap<(String, u32, usize), usize>>,
+    /// Blocks per SM of a GEMV kernel by (kernel handle, threads, dynamic shared memory), from
+    /// the driver's occupancy calculator: asked once per key, not on every call.
+    gemv_occupancy: Mutex<HashMap<(usize, u32, usize), usize>>,
     description: String,
     attention_path: AttentionPath,
     /// Recently uploaded index arrays and their device copies, most recent last.
@@ -875,7 +875,7 @@ impl CudaBackend {
                 Buf::Bf16(_) => format!("{name}_bf16"),
             };
             let f = self.func(&name)?;
-            let cols = self.gemv_columns(&name, f, n, chunks, dynamic_shared)?;
+            let cols = self.gemv_columns(f, n, chunks, dynamic_shared)?;
             let args = RawArgs::default()
                 .buf(xb, &self.stream)
                 .buf(ws, &self.stream)
@@ -927,7 +927,6 @@ impl CudaBackend {
     /// tokens/s). Ties keep the wider block.
     fn gemv_columns(
         &self,
-        name: &str,
         f: &CudaFunction,
         n: usize,
         chunks: usize,
@@ -940,7 +939,7 @@ impl CudaBackend {
         let mut best = (0.0, widest);
         for cols in [widest, widest - 1] {
             let threads = gemv_block_threads(cols, chunks);
-            let key = (name.to_string(), threads, dynamic_shared);
+            let key = (f.cu_function() as usize, threads, dynamic_shared);
             let cached = self
                 .gemv_occupancy
                 .lock()
