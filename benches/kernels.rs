@@ -5,8 +5,10 @@
 //!
 //! ```sh
 //! cargo bench --bench kernels -- [--backend cpu|wgpu|cuda|all] [--shapes qwen3-8b|smollm2]
-//!                                [--reps N] [--filter OP] [--quick] [--json]
+//!                                [--reps N] [--filter OP] [--rows M,M,..] [--quick] [--json]
 //! ```
+//! `--rows` times the matmuls at these rows only (default: 1, 4 and 8 for the GEMV, and 64, 256
+//! and 512 for the GEMM).
 //! `--quick` is CI's smoke run: small shapes, one repetition. A backend that does not open is
 //! reported and skipped.
 
@@ -62,6 +64,8 @@ struct Options {
     json: bool,
     /// Only operations whose name contains this text.
     filter: Option<String>,
+    /// Only matmuls of these rows.
+    rows: Option<Vec<usize>>,
 }
 
 fn parse_options() -> std::result::Result<Options, String> {
@@ -72,6 +76,7 @@ fn parse_options() -> std::result::Result<Options, String> {
         quick: false,
         json: false,
         filter: None,
+        rows: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -94,6 +99,13 @@ fn parse_options() -> std::result::Result<Options, String> {
             }
             "--reps" => o.reps = value()?.parse().map_err(|e| format!("--reps: {e}"))?,
             "--filter" => o.filter = Some(value()?),
+            "--rows" => {
+                let list = value()?
+                    .split(',')
+                    .map(|r| r.trim().parse().map_err(|e| format!("--rows: {e}")))
+                    .collect::<std::result::Result<Vec<usize>, String>>()?;
+                o.rows = Some(list);
+            }
             "--quick" => o.quick = true,
             "--json" => o.json = true,
             // `cargo bench` passes --bench to every bench binary.
@@ -245,6 +257,9 @@ fn bench_backend<B: Backend>(
         let mut ms: Vec<usize> = gemv_rows.to_vec();
         if what == "gate/up" {
             ms.extend_from_slice(gemm_rows);
+        }
+        if let Some(rows) = &o.rows {
+            ms = rows.clone();
         }
         for m in ms {
             // The activations come out of an RMSNorm, as in the model, so that a backend whose

@@ -38,16 +38,17 @@ __device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
 
 // ---- The GEMV for k a multiple of 8 with at most GEMV_THREADS chunks (every model shape). ----
 //
-// A block computes `cols` output columns (at most GEMV_THREADS / chunks; the host picks, see
-// gemv_columns) with one thread per task, a (chunk, column) pair. Thread (chunk c, column j),
-// chunk-major so that the lanes of a warp share few chunks and their activation loads coincide,
-// adds the chunk's products for every row in the contract's order; the partials go to shared
-// memory and one thread per (row, column) combines them in ascending chunk order.
+// A block computes `cols` output columns, in groups of TASK_COLS (at most GEMV_THREADS / chunks
+// groups; the host picks, see gemv_columns), with one thread per task, a (chunk, column group)
+// pair. Thread (chunk c, group g), chunk-major so that the lanes of a warp share few chunks and
+// their activation loads coincide, adds the chunk's products for every row and column of its
+// group in the contract's order; the partials go to shared memory and one thread per (row,
+// column) combines them in ascending chunk order.
 //
-// Weights reach the threads through shared memory, a pass of PASS weights per task at a time:
-// PASS / 8 lanes read one task's 2 * PASS contiguous bytes with 16-byte loads (a lane reading
-// its own chunk directly would make each instruction touch 32 separate lines), and the loads of
-// the next pass are in flight while the current pass is added. Activations come pre-rounded to
+// Weights reach the threads through a stage in shared memory, a pass of PASS weights per task
+// column at a time: PASS / 8 lanes read one column's 2 * PASS contiguous bytes with 16-byte loads
+// (a lane reading its own chunk directly would make each instruction touch 32 separate lines),
+// and the loads of the next pass are in flight while the current pass is added. Activations come pre-rounded to
 // bf16, read 8 at a time. A pass of 64 (whole 128-byte lines per task) streams weights faster
 // at one row, at every model shape once x is in shared memory (H100, 2026-11-23: down 64 -> 54
 // us, tg128 122 -> 128 tokens/s); 32 needs fewer registers, which suits several rows.
@@ -56,9 +57,14 @@ __device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
 // from global memory nearly every read missed L1 and a lane waited out an L2 round trip per
 // 8-element unit (Nsight on the H100: the top stall, with a 25% L1 hit rate). So a block first
 // copies x to shared memory (dynamic; the host's GEMV_SHARED_X_MAX bounds it), as bf16 for the
-// 32-wide pass and unpacked to f32 for the 64-wide one (gemv_activations). A larger x stays in
+// 32-wide passes and unpacked to f32 for the 64-wide one (gemv_activations). A larger x stays in
 // global memory: the block then prefetches its lines to L1 and loads weights past L1
-// (ld.global.cg) so that the stream of weights does not evict them.
+// (ld.global.cg) so that the stream of weights does not evict them. At several rows the host
+// instead cuts K into segments of whole chunks (blockIdx.y), so that a block copies only its
+// segment of x: the first segment combines its chunks and writes that running total, every
+// later one writes each chunk's partial, and matmul_split_combine_* combines them in ascending
+// order from +0.0, as for the split GEMM below. (The down projection of Qwen3-8B at 8 rows, 196
+// KB of x, ran at a quarter of its read ceiling from global memory.)
 
 // Where a GEMV block reads x from: global memory after a prefetch of every line to L1; a copy
 // in shared memory as bf16; or a copy in shared memory unpacked to f32, which saves the unpacking
@@ -81,51 +87,75 @@ __device__ __forceinline__ unsigned int gemv_shared_x_f32_unit(unsigned int r, u
     return r * (k / 4 + chunks) + e / 4 + e / DOT_CHUNK;
 }
 
+// The part of x a block reads: elements [begin, begin + width) of each row, the chunks of its K
+// segment (`chunks` of them).
+struct GemvXWindow {
+    unsigned int begin;
+    unsigned int width;
+    unsigned int chunks;
+};
+
 // Makes x readable by gemv_x8 from where X_MODE says; `shared_x` is the dynamic shared memory
-// (m * k * 2 bytes for bf16, m * (k * 4 + chunks * 16) for f32, as the host gives).
-template <int X_MODE>
+// after the stage (m * width * 2 bytes for bf16, m * (width * 4 + chunks * 16) for f32, as the
+// host gives).
+template <int X_MODE, int X_BATCH>
 __device__ __forceinline__ const void* gemv_activations(const unsigned short* x, uint4* shared_x,
                                                         unsigned int m, unsigned int k,
-                                                        unsigned int chunks) {
-    unsigned int row_units = k / 8;
+                                                        GemvXWindow win) {
+    unsigned int row_units = win.width / 8;
     unsigned int units = m * row_units;
     const uint4* from = reinterpret_cast<const uint4*>(x);
-    if (X_MODE == GEMV_X_BF16) {
-        for (unsigned int i = threadIdx.x; i < units; i += blockDim.x) {
-            shared_x[i] = from[i];
+    if (X_MODE != GEMV_X_GLOBAL) {
+        // X_BATCH loads in flight per thread before their stores: one at a time, a block
+        // waited out an L2 round trip per 16 bytes a thread copies (16 of them for 8 rows of 4096).
+        for (unsigned int base = threadIdx.x; base < units; base += blockDim.x * X_BATCH) {
+            uint4 v[X_BATCH];
+#pragma unroll
+            for (int b = 0; b < X_BATCH; ++b) {
+                unsigned int i = base + b * blockDim.x;
+                if (i < units) {
+                    unsigned int r = i / row_units;
+                    v[b] = from[(r * k + win.begin) / 8 + (i - r * row_units)];
+                }
+            }
+#pragma unroll
+            for (int b = 0; b < X_BATCH; ++b) {
+                unsigned int i = base + b * blockDim.x;
+                if (i >= units) {
+                    continue;
+                }
+                if (X_MODE == GEMV_X_BF16) {
+                    shared_x[i] = v[b];
+                } else {
+                    unsigned int r = i / row_units;
+                    unsigned int e = (i - r * row_units) * 8;
+                    float4* to = reinterpret_cast<float4*>(shared_x) +
+                                 gemv_shared_x_f32_unit(r, e, win.width, win.chunks);
+                    float f[8];
+                    unpack_bf16x8(v[b], f);
+                    to[0] = make_float4(f[0], f[1], f[2], f[3]);
+                    to[1] = make_float4(f[4], f[5], f[6], f[7]);
+                }
+            }
         }
         __syncthreads();
         return shared_x;
     }
-    if (X_MODE == GEMV_X_F32) {
-        float4* to = reinterpret_cast<float4*>(shared_x);
-        for (unsigned int i = threadIdx.x; i < units; i += blockDim.x) {
-            unsigned int r = i / row_units;
-            unsigned int e = (i - r * row_units) * 8;
-            unsigned int at = gemv_shared_x_f32_unit(r, e, k, chunks);
-            float f[8];
-            unpack_bf16x8(from[i], f);
-            to[at] = make_float4(f[0], f[1], f[2], f[3]);
-            to[at + 1] = make_float4(f[4], f[5], f[6], f[7]);
-        }
-        __syncthreads();
-        return shared_x;
-    }
-    // One prefetch per 128-byte line (8 units of 16 bytes).
-    for (unsigned int i = threadIdx.x * 8; i < units; i += blockDim.x * 8) {
+    // One prefetch per 128-byte line (8 units of 16 bytes) of all of x.
+    for (unsigned int i = threadIdx.x * 8; i < m * (k / 8); i += blockDim.x * 8) {
         asm volatile("prefetch.global.L1 [%0];\n" ::"l"(x + i * 8));
     }
     return x;
 }
 
-// The 8 values of row r of x from element e (a multiple of 8) of wherever gemv_activations put
-// it.
+// The 8 values of row r of x from element e (a multiple of 8, inside the block's window) of
+// wherever gemv_activations put it.
 template <int X_MODE>
 __device__ __forceinline__ void gemv_x8(const void* xs, unsigned int r, unsigned int e,
-                                        unsigned int k, unsigned int chunks, float xv[8]) {
+                                        unsigned int k, GemvXWindow win, float xv[8]) {
     if (X_MODE == GEMV_X_F32) {
-        const float4* p =
-            static_cast<const float4*>(xs) + gemv_shared_x_f32_unit(r, e, k, chunks);
+        const float4* p = static_cast<const float4*>(xs) +
+                          gemv_shared_x_f32_unit(r, e - win.begin, win.width, win.chunks);
         float4 lo = p[0];
         float4 hi = p[1];
         xv[0] = lo.x;
@@ -137,9 +167,11 @@ __device__ __forceinline__ void gemv_x8(const void* xs, unsigned int r, unsigned
         xv[6] = hi.z;
         xv[7] = hi.w;
     } else {
-        unpack_bf16x8(*reinterpret_cast<const uint4*>(static_cast<const unsigned short*>(xs) +
-                                                      (unsigned long long)r * k + e),
-                      xv);
+        const unsigned short* row =
+            X_MODE == GEMV_X_GLOBAL
+                ? static_cast<const unsigned short*>(xs) + (unsigned long long)r * k + e
+                : static_cast<const unsigned short*>(xs) + r * win.width + (e - win.begin);
+        unpack_bf16x8(*reinterpret_cast<const uint4*>(row), xv);
     }
 }
 
@@ -152,41 +184,69 @@ __device__ __forceinline__ uint4 gemv_weight_load(const unsigned short* p) {
     return __ldcg(reinterpret_cast<const uint4*>(p));
 }
 
-template <bool BF16_OUT, int PASS, int X_MODE>
+// Units of 16 bytes a warp stages per pass for one task: TASK_COLS weight rows of PASS / 8 units,
+// and one unit of padding, so that lanes reading their own tasks hit distinct banks (the stride
+// is odd). The host mirrors this (GemvKernel::stage_bytes).
+#define GEMV_TASK_UNITS(TASK_COLS, PASS) ((TASK_COLS) * (PASS) / 8 + 1)
+
+// One task is one chunk of TASK_COLS adjacent columns, so that each activation a lane unpacks is
+// used for TASK_COLS columns. At several rows the one-column task spends four instructions per
+// product, as it unpacks x for each (Nsight on the H100, 2026-11-24, gate/up at 8 rows: 101.6M
+// instructions for 25.2M warp products); four columns a task spent three (the compiler unpacks
+// the weights again for every row rather than hold 32 floats). Over a layer's GEMVs two columns
+// a task were as fast as four at 4 and 8 rows and faster at 2; weights staged unpacked to f32
+// gave fewer instructions still but no speed (docs/results/2026-11-24-h100-session6).
+template <bool BF16_OUT, int PASS, int X_MODE, int TASK_COLS, int X_BATCH>
 __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restrict__ x,
                                                  const unsigned short* __restrict__ w,
-                                                 void* __restrict__ out, unsigned int m,
+                                                 void* __restrict__ out,
+                                                 float* __restrict__ split, unsigned int m,
                                                  unsigned int n, unsigned int k,
-                                                 unsigned int cols) {
+                                                 unsigned int cols, unsigned int segment) {
     constexpr int UNITS = PASS / 8;
-    // Each task's staged row of 16-byte units, padded by one unit so that lanes reading their
-    // own rows hit distinct banks.
-    constexpr int STAGE_ROW = UNITS + 1;
-    constexpr int TASKS_PER_LOAD = 32 / UNITS;
-    constexpr int LOADS = 32 / TASKS_PER_LOAD;
-    __shared__ float partials[GEMV_MAX_ROWS * GEMV_THREADS];
-    __shared__ uint4 stage[GEMV_THREADS / 32][32 * STAGE_ROW];
+    constexpr int TASK_UNITS = GEMV_TASK_UNITS(TASK_COLS, PASS);
+    // A warp stages 32 * TASK_COLS weight rows a pass, 32 / UNITS of them per load instruction.
+    constexpr int ROWS_PER_LOAD = 32 / UNITS;
+    constexpr int LOADS = 32 * TASK_COLS / ROWS_PER_LOAD;
+    // UNITS >= 2 leaves the stage room for the partials that reuse it.
+    static_assert(UNITS >= 2 && 32 % UNITS == 0, "a pass is 2 to 32 whole units");
+    // Dynamic shared memory: each warp's stage, then x (where X_MODE puts it there).
+    extern __shared__ uint4 gemv_shared[];
     unsigned int chunks = (k + DOT_CHUNK - 1) / DOT_CHUNK;
-    unsigned int col_local = threadIdx.x % cols;
-    unsigned int c = threadIdx.x / cols;
-    unsigned int start = c * DOT_CHUNK;
-    uint4* mine = stage[threadIdx.x / 32];
+    // This block's K segment: `segment` chunks from seg_first (fewer in the last one).
+    unsigned int seg_first = blockIdx.y * segment;
+    unsigned int seg_chunks = min(segment, chunks - seg_first);
+    GemvXWindow win = {seg_first * DOT_CHUNK, 0, seg_chunks};
+    win.width = min(win.begin + seg_chunks * DOT_CHUNK, k) - win.begin;
+    unsigned int groups = cols / TASK_COLS;
+    unsigned int group = threadIdx.x % groups;
+    unsigned int c = threadIdx.x / groups;
+    unsigned int start = (seg_first + c) * DOT_CHUNK;
+    uint4* mine = gemv_shared + (threadIdx.x / 32) * (32 * TASK_UNITS);
+    uint4* shared_x = gemv_shared + (blockDim.x / 32) * (32 * TASK_UNITS);
     unsigned int lane = threadIdx.x % 32;
     unsigned int unit = lane % UNITS;
-    unsigned long long j = (unsigned long long)blockIdx.x * cols + col_local;
-    bool active = c < chunks && j < n;
-    // Weights of this lane's task: `len` from `task_w` (0 for a lane without a task).
+    unsigned long long first_col = (unsigned long long)blockIdx.x * cols + group * TASK_COLS;
+    bool active = c < seg_chunks && first_col < n;
+    // Weights of this lane's task: `len` from `task_w` in each of its columns' rows (0 for a
+    // lane without a task).
     unsigned int len = active ? min(start + DOT_CHUNK, k) - start : 0;
-    const unsigned short* task_w = w + (active ? j * k + start : 0);
-    // The tasks this lane loads for, one per load instruction, and their weights.
+    const unsigned short* task_w = w + (active ? first_col * k + start : 0);
+    // The weight rows this lane loads for, one per load instruction: row `staged` of the warp's
+    // 32 * TASK_COLS is column staged % TASK_COLS of task staged / TASK_COLS.
     const unsigned short* load_w[LOADS];
     unsigned int load_len[LOADS];
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
-        unsigned int task = i * TASKS_PER_LOAD + lane / UNITS;
-        load_w[i] = (const unsigned short*)__shfl_sync(0xffffffffu,
-                                                       (unsigned long long)task_w, task);
-        load_len[i] = __shfl_sync(0xffffffffu, len, task);
+        unsigned int staged = i * ROWS_PER_LOAD + lane / UNITS;
+        unsigned int task = staged / TASK_COLS;
+        unsigned int t = staged % TASK_COLS;
+        const unsigned short* tw = (const unsigned short*)__shfl_sync(
+            0xffffffffu, (unsigned long long)task_w, task);
+        unsigned long long col = __shfl_sync(0xffffffffu, first_col, task) + t;
+        unsigned int tl = __shfl_sync(0xffffffffu, len, task);
+        load_w[i] = tw + (unsigned long long)t * k;
+        load_len[i] = col < n ? tl : 0;
     }
     uint4 next[LOADS];
 #pragma unroll
@@ -200,19 +260,23 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     // Weights are never written by a kernel; x is the prior kernel's output.
     wait_for_prior_grid();
     // After the first weight loads are out, so that their latency and the activations' overlap.
-    extern __shared__ uint4 gemv_shared_x[];
-    const void* xs = gemv_activations<X_MODE>(x, gemv_shared_x, m, k, chunks);
+    const void* xs = gemv_activations<X_MODE, X_BATCH>(x, shared_x, m, k, win);
 
-    float acc[GEMV_MAX_ROWS];
+    float acc[GEMV_MAX_ROWS][TASK_COLS];
 #pragma unroll
     for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-        acc[r] = 0.0f;
+#pragma unroll
+        for (int t = 0; t < TASK_COLS; ++t) {
+            acc[r][t] = 0.0f;
+        }
     }
     for (unsigned int pass = 0; pass < DOT_CHUNK; pass += PASS) {
 #pragma unroll
         for (int i = 0; i < LOADS; ++i) {
-            unsigned int task = i * TASKS_PER_LOAD + lane / UNITS;
-            mine[task * STAGE_ROW + unit] = next[i];
+            unsigned int staged = i * ROWS_PER_LOAD + lane / UNITS;
+            unsigned int task = staged / TASK_COLS;
+            unsigned int t = staged % TASK_COLS;
+            mine[task * TASK_UNITS + t * UNITS + unit] = next[i];
         }
         __syncwarp();
         unsigned int after = pass + PASS;
@@ -229,19 +293,25 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
         for (unsigned int u = 0; u < UNITS; ++u) {
             unsigned int at = pass + u * 8;
             if (at < len) {
-                float wv[8];
-                unpack_bf16x8(mine[lane * STAGE_ROW + u], wv);
+                float wv[TASK_COLS][8];
+#pragma unroll
+                for (int t = 0; t < TASK_COLS; ++t) {
+                    unpack_bf16x8(mine[lane * TASK_UNITS + t * UNITS + u], wv[t]);
+                }
 #pragma unroll
                 for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
                     if (r < (int)m) {
                         float xv[8];
-                        gemv_x8<X_MODE>(xs, r, start + at, k, chunks, xv);
-                        float a = acc[r];
+                        gemv_x8<X_MODE>(xs, r, start + at, k, win, xv);
 #pragma unroll
-                        for (int e = 0; e < 8; ++e) {
-                            a = fmaf(xv[e], wv[e], a);
+                        for (int t = 0; t < TASK_COLS; ++t) {
+                            float a = acc[r][t];
+#pragma unroll
+                            for (int e = 0; e < 8; ++e) {
+                                a = fmaf(xv[e], wv[t][e], a);
+                            }
+                            acc[r][t] = a;
                         }
-                        acc[r] = a;
                     }
                 }
             }
@@ -251,32 +321,51 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     // The kernel after this one may be scheduled once every block is here (its blocks then wait
     // for this grid to finish); earlier, they would take room from this grid's later blocks.
     allow_dependent_launch();
+    // The partials reuse the stage, once every warp has added its last pass (it holds at least
+    // 32 bytes a task column: GEMV_MAX_ROWS floats for each).
+    __syncthreads();
+    float* partials = reinterpret_cast<float*>(gemv_shared);
     if (active) {
 #pragma unroll
         for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-            if (r < (int)m) {
-                partials[(r * cols + col_local) * chunks + c] = acc[r];
+#pragma unroll
+            for (int t = 0; t < TASK_COLS; ++t) {
+                if (r < (int)m && first_col + t < n) {
+                    partials[(r * cols + group * TASK_COLS + t) * seg_chunks + c] = acc[r][t];
+                }
             }
         }
     }
     __syncthreads();
     // m * cols can exceed the block's threads (k of one chunk and several rows).
+    unsigned long long outputs = (unsigned long long)m * n;
     for (unsigned int i = threadIdx.x; i < m * cols; i += blockDim.x) {
         unsigned int r = i / cols;
         unsigned int cl = i % cols;
         unsigned long long jj = (unsigned long long)blockIdx.x * cols + cl;
-        if (jj < n) {
-            const float* p = partials + (r * cols + cl) * chunks;
-            float total = 0.0f;
-            for (unsigned int cc = 0; cc < chunks; ++cc) {
-                total = combine_chunk_partials(total, p[cc]);
+        if (jj >= n) {
+            continue;
+        }
+        const float* p = partials + (r * cols + cl) * seg_chunks;
+        unsigned long long o = (unsigned long long)r * n + jj;
+        if (blockIdx.y > 0) {
+            // A later segment: the partial of each of its chunks, for matmul_split_combine_*
+            // (value 1 + chunk - segment; value 0 is the first segment's running total).
+            for (unsigned int cc = 0; cc < seg_chunks; ++cc) {
+                split[(seg_first + cc - segment + 1) * outputs + o] = p[cc];
             }
-            unsigned long long o = (unsigned long long)r * n + jj;
-            if (BF16_OUT) {
-                ((unsigned short*)out)[o] = (unsigned short)round_bf16_bits(total);
-            } else {
-                ((float*)out)[o] = total;
-            }
+            continue;
+        }
+        float total = 0.0f;
+        for (unsigned int cc = 0; cc < seg_chunks; ++cc) {
+            total = combine_chunk_partials(total, p[cc]);
+        }
+        if (gridDim.y > 1) {
+            split[o] = total;
+        } else if (BF16_OUT) {
+            ((unsigned short*)out)[o] = (unsigned short)round_bf16_bits(total);
+        } else {
+            ((float*)out)[o] = total;
         }
     }
 }
@@ -289,20 +378,30 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
 #define GEMV_NARROW_BOUNDS __launch_bounds__(GEMV_THREADS, GEMV_NARROW_BLOCKS)
 #define GEMV_WIDE_BOUNDS __launch_bounds__(GEMV_THREADS)
 
-// x: bf16 bits [m, k]; out: f32 or bf16 bits [m, n].
-#define GEMV_KERNEL(NAME, BOUNDS, OUT_T, BF16_OUT, PASS, X_MODE)                                  \
-    extern "C" __global__ void BOUNDS                                                            \
-        NAME(const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,        \
-             OUT_T* __restrict__ out, unsigned int m, unsigned int n, unsigned int k,           \
-             unsigned int cols) {                                                                \
-        matmul_gemv_body<BF16_OUT, PASS, X_MODE>(x, w, out, m, n, k, cols);                     \
+// x: bf16 bits [m, k]; out: f32 or bf16 bits [m, n]. Blocks (column block, K segment of
+// `segment` chunks): with one segment they write out; with several, `split` receives the values
+// that matmul_split_combine_* combines into out (see matmul_gemv_body). X_BATCH: loads in flight
+// per thread while x is copied to shared memory (4 under the narrow pass's register cap, where 8
+// spill).
+#define GEMV_KERNEL(NAME, BOUNDS, PASS, X_MODE, TASK_COLS, X_BATCH)                               \
+    extern "C" __global__ void BOUNDS NAME##_f32(                                                \
+        const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,             \
+        float* __restrict__ out, float* __restrict__ split, unsigned int m, unsigned int n,     \
+        unsigned int k, unsigned int cols, unsigned int segment) {                              \
+        matmul_gemv_body<false, PASS, X_MODE, TASK_COLS, X_BATCH>(x, w, out, split, m, n, k,    \
+                                                                  cols, segment);               \
+    }                                                                                            \
+    extern "C" __global__ void BOUNDS NAME##_bf16(                                               \
+        const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,             \
+        unsigned short* __restrict__ out, float* __restrict__ split, unsigned int m,            \
+        unsigned int n, unsigned int k, unsigned int cols, unsigned int segment) {              \
+        matmul_gemv_body<true, PASS, X_MODE, TASK_COLS, X_BATCH>(x, w, out, split, m, n, k,     \
+                                                                 cols, segment);                \
     }
-GEMV_KERNEL(matmul_gemv_f32, GEMV_NARROW_BOUNDS, float, false, 32, GEMV_X_BF16)
-GEMV_KERNEL(matmul_gemv_bf16, GEMV_NARROW_BOUNDS, unsigned short, true, 32, GEMV_X_BF16)
-GEMV_KERNEL(matmul_gemv_wide_f32, GEMV_WIDE_BOUNDS, float, false, 64, GEMV_X_F32)
-GEMV_KERNEL(matmul_gemv_wide_bf16, GEMV_WIDE_BOUNDS, unsigned short, true, 64, GEMV_X_F32)
-GEMV_KERNEL(matmul_gemv_global_x_f32, GEMV_NARROW_BOUNDS, float, false, 32, GEMV_X_GLOBAL)
-GEMV_KERNEL(matmul_gemv_global_x_bf16, GEMV_NARROW_BOUNDS, unsigned short, true, 32, GEMV_X_GLOBAL)
+GEMV_KERNEL(matmul_gemv, GEMV_NARROW_BOUNDS, 32, GEMV_X_BF16, 1, 4)
+GEMV_KERNEL(matmul_gemv_wide, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8)
+GEMV_KERNEL(matmul_gemv_global_x, GEMV_NARROW_BOUNDS, 32, GEMV_X_GLOBAL, 1, 1)
+GEMV_KERNEL(matmul_gemv_rows, GEMV_WIDE_BOUNDS, 32, GEMV_X_BF16, 2, 8)
 
 // Any k: one thread per (output column j, chunk c), c fastest, writing chunk-major
 // partials[c * m * n + r * n + j]; matmul_split_combine_* combines them.

@@ -47,17 +47,73 @@ const RMS_CHUNK_PAD: usize = 4;
 const ATTN_INPUTS_SKIP: u32 = u32::MAX;
 /// Mirrors `GEMV_THREADS` in matmul.cu.
 const GEMV_THREADS: u32 = 256;
-/// The most bytes of activations a GEMV block copies to shared memory (m * k bf16, or for the
-/// wide pass one row of k f32, each chunk padded by 16 bytes); larger ones are read from global
-/// memory. 64 KB holds 8 rows of k <= 4096 as bf16, or one row of k < 16384 as f32.
+/// The most bytes of activations a GEMV block copies to shared memory (m * k bf16, or m rows of
+/// k f32, each chunk padded by 16 bytes); larger ones are read from global memory. 64 KB holds 8
+/// rows of k <= 4096 as bf16, or one row of k < 16384 as f32.
 const GEMV_SHARED_X_MAX: usize = 64 << 10;
-/// The GEMV kernels that copy x to shared memory.
-const GEMV_SHARED_X_KERNELS: [&str; 4] = [
-    "matmul_gemv_f32",
-    "matmul_gemv_bf16",
-    "matmul_gemv_wide_f32",
-    "matmul_gemv_wide_bf16",
+
+/// Where a GEMV kernel reads x from (`GEMV_X_*` in matmul.cu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GemvX {
+    Global,
+    SharedBf16,
+    SharedF32,
+}
+
+/// A GEMV kernel pair (`GEMV_KERNEL` in matmul.cu: `{name}_f32` and `{name}_bf16`): its pass
+/// of weights per task, its columns per task, and where it reads x from.
+#[derive(Clone, Copy, Debug)]
+struct GemvKernel {
+    name: &'static str,
+    pass: usize,
+    task_cols: usize,
+    x: GemvX,
+}
+
+impl GemvKernel {
+    const fn new(name: &'static str, pass: usize, task_cols: usize, x: GemvX) -> Self {
+        GemvKernel {
+            name,
+            pass,
+            task_cols,
+            x,
+        }
+    }
+
+    /// Dynamic shared memory of the weight stage for a block of `threads` (mirrors
+    /// `GEMV_TASK_UNITS`: per task, `task_cols` rows of `pass / 8` 16-byte units and one unit of
+    /// padding).
+    fn stage_bytes(&self, threads: u32) -> usize {
+        threads as usize * (self.task_cols * self.pass / 8 + 1) * 16
+    }
+
+    /// Dynamic shared memory of x's copy for K segments of `segment` chunks: m rows of the
+    /// segment's elements as bf16, or as f32 with 16 bytes after every chunk.
+    fn x_bytes(&self, m: usize, k: usize, segment: usize) -> usize {
+        let width = k.min(segment * DOT_CHUNK);
+        match self.x {
+            GemvX::Global => 0,
+            GemvX::SharedBf16 => m * width * 2,
+            GemvX::SharedF32 => m * (width * 4 + width.div_ceil(DOT_CHUNK) * 16),
+        }
+    }
+}
+
+/// The GEMV kernels by role. One row: the 64-wide pass with x unpacked to f32 in shared memory,
+/// or the 32-wide pass with x as bf16 where the f32 copy does not fit, or x from global memory.
+const GEMV_ONE_ROW: [GemvKernel; 3] = [
+    GemvKernel::new("matmul_gemv_wide", 64, 1, GemvX::SharedF32),
+    GemvKernel::new("matmul_gemv", 32, 1, GemvX::SharedBf16),
+    GemvKernel::new("matmul_gemv_global_x", 32, 1, GemvX::Global),
 ];
+/// Several rows: tasks of two columns with x as bf16 in shared memory, or x from global memory
+/// in one-column tasks. (Two-column tasks with x from global memory, and x copies over 64 KB,
+/// were measured no faster on the H100, 2026-11-24.)
+const GEMV_ROWS: [GemvKernel; 2] = [
+    GemvKernel::new("matmul_gemv_rows", 32, 2, GemvX::SharedBf16),
+    GemvKernel::new("matmul_gemv_global_x", 32, 1, GemvX::Global),
+];
+
 /// Mirror `GEMM_BM`, `GEMM_BN`, `GEMM_THREADS` and `GEMM_TOTALS_BYTES` in matmul.cu.
 const GEMM_BM: usize = 64;
 const GEMM_BN: usize = 128;
@@ -143,10 +199,14 @@ pub enum AttentionPath {
     Split,
 }
 
-/// Threads of a GEMV block of `cols` columns: one per (column, chunk) task, in whole warps.
-fn gemv_block_threads(cols: usize, chunks: usize) -> u32 {
-    ((cols * chunks).div_ceil(32) * 32) as u32
+/// Threads of a GEMV block of `groups` column groups: one per (group, chunk) task, in whole
+/// warps.
+fn gemv_block_threads(groups: usize, chunks: usize) -> u32 {
+    ((groups * chunks).div_ceil(32) * 32) as u32
 }
+
+/// The fewest warps of a GEMV block of several-column tasks (see `gemv_columns`).
+const GEMV_MIN_WARPS: usize = 4;
 
 /// Kernel arguments for `launch_overlapping`, each in an 8-byte slot: a device pointer or an
 /// unsigned long long fills its slot, and a 4-byte parameter is read from the first 4 bytes,
@@ -201,9 +261,8 @@ pub struct CudaBackend {
     functions: HashMap<&'static str, CudaFunction>,
     blas: Option<CudaBlas>,
     sm_count: usize,
-    /// The most bytes of x the GEMV copies to shared memory on this device (up to
-    /// `GEMV_SHARED_X_MAX`, less where a block's shared memory is smaller).
-    gemv_shared_x_max: usize,
+    /// The dynamic shared memory a GEMV block may use on this device.
+    gemv_shared_max: usize,
     /// Whether the decode kernels are launched to overlap the kernel before them (programmatic
     /// dependent launch: compute capability 9.0 and later). Measured on the H100 (2026-11-23):
     /// tg128 122.1 -> 125.8 tokens/s with the GEMVs launched this way, 126.0 -> 130.5 with every
@@ -305,6 +364,8 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "matmul_gemv_wide_bf16",
             "matmul_gemv_global_x_f32",
             "matmul_gemv_global_x_bf16",
+            "matmul_gemv_rows_f32",
+            "matmul_gemv_rows_bf16",
             "matmul_chunk_partials",
             "matmul_gemm_f32",
             "matmul_gemm_bf16",
@@ -335,11 +396,9 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// How many bytes of x the GEMV kernels may copy to shared memory on this device, having opted
-/// each of them in to that much dynamic shared memory beside its static staging (together over
-/// the 48 KB a block gets by default). Zero where the device has no room: the GEMV then reads x
-/// from global memory.
-fn gemv_shared_x_budget(
+/// The dynamic shared memory every GEMV kernel may use on this device (its weight stage and x's
+/// copy), having opted each of them in to that much (over the 48 KB a block gets by default).
+fn gemv_dynamic_shared_budget(
     ctx: &CudaContext,
     functions: &HashMap<&'static str, CudaFunction>,
 ) -> Result<usize> {
@@ -348,30 +407,21 @@ fn gemv_shared_x_budget(
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
         .map_err(device_err("shared memory per block"))?
         .max(0) as usize;
-    let mut budget = GEMV_SHARED_X_MAX;
-    for name in GEMV_SHARED_X_KERNELS {
-        let Some(f) = functions.get(name) else {
-            continue;
-        };
+    let gemv = |name: &str| name.starts_with("matmul_gemv");
+    let mut budget = per_block;
+    for (name, f) in functions.iter().filter(|(name, _)| gemv(name)) {
         let fixed = f
             .get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
-            .map_err(device_err("GEMV shared memory"))?
+            .map_err(device_err(&format!("{name} shared memory")))?
             .max(0) as usize;
         budget = budget.min(per_block.saturating_sub(fixed));
     }
-    // Only whole 16-byte units are copied.
-    budget -= budget % 16;
-    if budget == 0 {
-        return Ok(0);
-    }
-    for name in GEMV_SHARED_X_KERNELS {
-        if let Some(f) = functions.get(name) {
-            f.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                budget as i32,
-            )
-            .map_err(device_err("GEMV shared memory"))?;
-        }
+    for (_, f) in functions.iter().filter(|(name, _)| gemv(name)) {
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            budget as i32,
+        )
+        .map_err(device_err("GEMV shared memory"))?;
     }
     Ok(budget)
 }
@@ -598,7 +648,7 @@ impl CudaBackend {
                 functions.insert(*entry, f);
             }
         }
-        let gemv_shared_x_max = gemv_shared_x_budget(&ctx, &functions)?;
+        let gemv_shared_max = gemv_dynamic_shared_budget(&ctx, &functions)?;
         let blas = if mode == KernelMode::Default {
             Some(
                 CudaBlas::new(stream.clone())
@@ -614,7 +664,7 @@ impl CudaBackend {
             functions,
             blas,
             sm_count,
-            gemv_shared_x_max,
+            gemv_shared_max,
             overlap_launches: major >= 9,
             gemv_occupancy: Mutex::new(HashMap::new()),
             description: format!(
@@ -856,49 +906,64 @@ impl CudaBackend {
         let (m32, n32, k32) = (u32_arg(m, "m")?, u32_arg(n, "n")?, u32_arg(k, "k")?);
         let chunks = k.div_ceil(DOT_CHUNK);
         if k.is_multiple_of(8) && chunks <= GEMV_THREADS as usize {
-            // One row takes the 64-wide pass with x unpacked to f32 in shared memory; several
-            // rows the 32-wide pass with x as bf16, or from global memory where x is too large
-            // (see matmul.cu for the measurements behind each).
-            let budget = self.gemv_shared_x_max;
-            // x in shared memory: m rows of k bf16 values, or one row of f32 values with a
-            // 16-byte pad after every chunk.
-            let (f32_bytes, bf16_bytes) = (k * 4 + chunks * 16, m * k * 2);
-            let (name, dynamic_shared) = if m == 1 && f32_bytes <= budget {
-                ("matmul_gemv_wide", f32_bytes)
-            } else if bf16_bytes <= budget {
-                ("matmul_gemv", bf16_bytes)
-            } else {
-                ("matmul_gemv_global_x", 0)
-            };
+            let (kernel, segment) = self.gemv_plan(m, k);
+            let segments = chunks.div_ceil(segment);
             let name = match &*out {
-                Buf::F32(_) => format!("{name}_f32"),
-                Buf::Bf16(_) => format!("{name}_bf16"),
+                Buf::F32(_) => format!("{}_f32", kernel.name),
+                Buf::Bf16(_) => format!("{}_bf16", kernel.name),
             };
             let f = self.func(&name)?;
-            let cols = self.gemv_columns(f, n, chunks, dynamic_shared)?;
+            let x_bytes = kernel.x_bytes(m, k, segment);
+            let cols = self.gemv_columns(f, &kernel, n, segment, segments, x_bytes)?;
+            let threads = gemv_block_threads(cols / kernel.task_cols, segment);
+            // Several segments: value 0 is the first one's running total, value 1 + c - segment
+            // the partial of chunk c of a later one (see matmul.cu).
+            let values = chunks - segment + 1;
+            let split = if segments > 1 {
+                // SAFETY: the GEMV writes all `values` values of every output (see above).
+                Some(unsafe { self.alloc_uninit::<f32>(values * m * n)? })
+            } else {
+                None
+            };
             let args = RawArgs::default()
                 .buf(xb, &self.stream)
                 .buf(ws, &self.stream)
-                .out(out, &self.stream)
+                .out(out, &self.stream);
+            let args = match &split {
+                Some(v) => args.buf(v, &self.stream),
+                None => args.null(),
+            };
+            let args = args
                 .u32(m32)
                 .u32(n32)
                 .u32(k32)
-                .u32(u32_arg(cols, "columns")?);
+                .u32(u32_arg(cols, "columns")?)
+                .u32(u32_arg(segment, "segment")?);
             let cfg = LaunchConfig {
-                grid_dim: (u32_arg(n.div_ceil(cols), "column blocks")?, 1, 1),
-                block_dim: (gemv_block_threads(cols, chunks), 1, 1),
-                shared_mem_bytes: dynamic_shared as u32,
+                grid_dim: (
+                    u32_arg(n.div_ceil(cols), "column blocks")?,
+                    u32_arg(segments, "K segments")?,
+                    1,
+                ),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: (kernel.stage_bytes(threads) + x_bytes) as u32,
             };
             // SAFETY: matmul_gemv_*(const unsigned short* x, const unsigned short* w, out*,
-            // unsigned int m, n, k, cols): the seven arguments in that order, each pointing at
-            // a live value of that type; cols * chunks tasks on at most GEMV_THREADS threads
-            // (its __launch_bounds__); xb holds m*k, w n*k and out m*n elements; m <=
-            // GEMV_MAX_ROWS, k is a multiple of 8 (16-byte rows) with at most GEMV_THREADS
-            // chunks, as the kernel needs; the kernels that copy x get the bytes of their copy
-            // (m*k*2 as bf16, k*4 + chunks*16 as f32) as dynamic shared memory, within what
-            // gemv_shared_x_budget opted them in to. The kernel waits for the prior grid before
-            // it reads x or writes out, as an overlapped launch requires.
+            // float* split, unsigned int m, n, k, cols, segment): the nine arguments in that
+            // order, each pointing at a live value of that type; cols is a multiple of the
+            // kernel's columns per task and its (cols / task_cols) * segment tasks run on at
+            // most GEMV_THREADS threads (its __launch_bounds__); xb holds m*k, w n*k and out m*n
+            // elements, and split (null with one segment, which never touches it) values*m*n;
+            // m <= GEMV_MAX_ROWS, k is a multiple of 8 (16-byte rows) with at most GEMV_THREADS
+            // chunks, as the kernel needs. Its dynamic shared memory is the weight stage for
+            // `threads` (stage_bytes, mirroring GEMV_TASK_UNITS) followed by the copy of x's
+            // segment (x_bytes), within what gemv_dynamic_shared_budget opted it in to
+            // (gemv_plan checks). The kernel waits for the prior grid before it reads x or
+            // writes out or split, as an overlapped launch requires.
             unsafe { self.launch_overlapping(f, cfg, args, "matmul gemv") }?;
+            if let Some(split) = split {
+                self.combine_in_order(&split, u32_arg(values, "values")?, out, m * n)?;
+            }
             return Ok(());
         }
         let chunks32 = u32_arg(chunks, "chunks")?;
@@ -919,26 +984,63 @@ impl CudaBackend {
         self.combine_in_order(&partials, chunks32, out, m * n)
     }
 
-    /// Output columns per GEMV block. A block of `GEMV_THREADS / chunks` columns uses the most
-    /// threads; one column fewer can fill the device's waves of blocks better, which the
-    /// driver's occupancy calculator tells. The down projection of Qwen3-8B at one row (48
-    /// chunks) in blocks of 5 columns ran 820 blocks, 3.1 waves of the 264 the H100 holds, the
-    /// last one a tenth full; 4 columns make 3.9 waves (H100, 2026-11-23: tg128 124.2 -> 126.2
-    /// tokens/s). Ties keep the wider block.
+    /// The GEMV kernel for `m` rows of `k`, and the chunks of each of its K segments: the first
+    /// of its role's list (`GEMV_ONE_ROW`, `GEMV_ROWS`) whose copy of x is within
+    /// `GEMV_SHARED_X_MAX` and, with its widest stage, within the device's shared memory. At one
+    /// row that is all of x (one segment); at several, segments as long as fit, in as few
+    /// segments as can be, of equal length. The last of each list reads x from global memory.
+    fn gemv_plan(&self, m: usize, k: usize) -> (GemvKernel, usize) {
+        let chunks = k.div_ceil(DOT_CHUNK);
+        let fits = |g: &GemvKernel, segment: usize| {
+            let x = g.x_bytes(m, k, segment);
+            x <= GEMV_SHARED_X_MAX && g.stage_bytes(GEMV_THREADS) + x <= self.gemv_shared_max
+        };
+        let list: &[GemvKernel] = if m == 1 { &GEMV_ONE_ROW } else { &GEMV_ROWS };
+        for g in list {
+            if g.x == GemvX::Global || fits(g, chunks) {
+                return (*g, chunks);
+            }
+            if m > 1 {
+                if let Some(longest) = (1..chunks).rev().find(|&s| fits(g, s)) {
+                    return (*g, chunks.div_ceil(chunks.div_ceil(longest)));
+                }
+            }
+        }
+        (GEMV_ONE_ROW[2], chunks)
+    }
+
+    /// Output columns per GEMV block: `task_cols` times the column groups, of which a block of
+    /// `GEMV_THREADS / chunks` groups uses the most threads. Fewer groups can fill the device's
+    /// waves of blocks better, which the driver's occupancy calculator tells. The down
+    /// projection of Qwen3-8B at one row (48 chunks) in blocks of 5 columns ran 820 blocks, 3.1
+    /// waves of the 264 the H100 holds, the last one a tenth full; 4 columns make 3.9 waves
+    /// (H100, 2026-11-23: tg128 124.2 -> 126.2 tokens/s). One-column tasks (one row) compare
+    /// the widest block with one group fewer; several-column tasks every block of at least
+    /// `GEMV_MIN_WARPS` warps, since each block copies all of x and a small one copies it with
+    /// few threads (blocks of one or two warps were up to twice as slow, H100, 2026-11-24).
+    /// Ties keep the wider block.
     fn gemv_columns(
         &self,
         f: &CudaFunction,
+        kernel: &GemvKernel,
         n: usize,
         chunks: usize,
-        dynamic_shared: usize,
+        segments: usize,
+        x_bytes: usize,
     ) -> Result<usize> {
         let widest = GEMV_THREADS as usize / chunks;
-        if widest == 1 {
-            return Ok(widest);
-        }
+        let candidates: Vec<usize> = if kernel.task_cols == 1 {
+            vec![widest, widest.saturating_sub(1).max(1)]
+        } else {
+            (1..=widest)
+                .rev()
+                .filter(|&g| g == widest || g * chunks >= GEMV_MIN_WARPS * 32)
+                .collect()
+        };
         let mut best = (0.0, widest);
-        for cols in [widest, widest - 1] {
-            let threads = gemv_block_threads(cols, chunks);
+        for groups in candidates {
+            let threads = gemv_block_threads(groups, chunks);
+            let dynamic_shared = kernel.stage_bytes(threads) + x_bytes;
             let key = (f.cu_function() as usize, threads, dynamic_shared);
             let cached = self
                 .gemv_occupancy
@@ -961,13 +1063,15 @@ impl CudaBackend {
                     b
                 }
             };
-            let waves = n.div_ceil(cols) as f64 / (per_sm.max(1) * self.sm_count) as f64;
-            let filled = waves / waves.ceil();
-            if filled > best.0 {
-                best = (filled, cols);
+            let per_sm = per_sm.max(1);
+            let blocks = n.div_ceil(groups * kernel.task_cols) * segments;
+            let waves = blocks as f64 / (per_sm * self.sm_count) as f64;
+            let score = waves / waves.ceil();
+            if score > best.0 {
+                best = (score, groups);
             }
         }
-        Ok(best.1)
+        Ok(best.1 * kernel.task_cols)
     }
 
     /// Launches `f` where the device has it with permission to start while the kernel before
