@@ -1010,15 +1010,17 @@ impl CudaBackend {
     }
 
     /// Output columns per GEMV block: `task_cols` times the column groups, of which a block of
-    /// `GEMV_THREADS / chunks` groups uses the most threads. Fewer groups can fill the device's
-    /// waves of blocks better, which the driver's occupancy calculator tells. The down
-    /// projection of Qwen3-8B at one row (48 chunks) in blocks of 5 columns ran 820 blocks, 3.1
-    /// waves of the 264 the H100 holds, the last one a tenth full; 4 columns make 3.9 waves
-    /// (H100, 2026-11-23: tg128 124.2 -> 126.2 tokens/s). One-column tasks (one row) compare
-    /// the widest block with one group fewer; several-column tasks every block of at least
-    /// `GEMV_MIN_WARPS` warps, since each block copies all of x and a small one copies it with
-    /// few threads (blocks of one or two warps were up to twice as slow, H100, 2026-11-24).
-    /// Ties keep the wider block.
+    /// `GEMV_THREADS / chunks` groups uses the most threads (`chunks` a segment's, each of the
+    /// `segments` K segments a block of its own). Fewer groups can fill the device's waves of
+    /// blocks better, which the driver's occupancy calculator tells. The down projection of
+    /// Qwen3-8B at one row (48 chunks) in blocks of 5 columns ran 820 blocks, 3.1 waves of the
+    /// 264 the H100 holds, the last one a tenth full; 4 columns make 3.9 waves (H100,
+    /// 2026-11-23: tg128 124.2 -> 126.2 tokens/s). One-column tasks (one row) compare the widest
+    /// block with one group fewer; several-column tasks every block of at least
+    /// `GEMV_MIN_WARPS` warps, since each block copies its part of x: without that floor the
+    /// rule picked smaller blocks that were up to twice as slow (H100, 2026-11-24: o at 4 rows
+    /// 61.7 against 30.9 µs, the output head at 8 rows 597 against 298). Ties keep the wider
+    /// block.
     fn gemv_columns(
         &self,
         f: &CudaFunction,
