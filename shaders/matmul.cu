@@ -196,7 +196,7 @@ __device__ __forceinline__ uint4 gemv_weight_load(const unsigned short* p) {
 // the weights again for every row rather than hold 32 floats). Over a layer's GEMVs two columns
 // a task were as fast as four at 4 and 8 rows and faster at 2; weights staged unpacked to f32
 // gave fewer instructions still but no speed (docs/results/2026-11-24-h100-session6).
-template <bool BF16_OUT, int PASS, int X_MODE, int TASK_COLS, int X_BATCH>
+template <bool BF16_OUT, int PASS, int X_MODE, int TASK_COLS, int X_BATCH, bool SEGMENTED>
 __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restrict__ x,
                                                  const unsigned short* __restrict__ w,
                                                  void* __restrict__ out,
@@ -213,9 +213,11 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     // Dynamic shared memory: each warp's stage, then x (where X_MODE puts it there).
     extern __shared__ uint4 gemv_shared[];
     unsigned int chunks = (k + DOT_CHUNK - 1) / DOT_CHUNK;
-    // This block's K segment: `segment` chunks from seg_first (fewer in the last one).
-    unsigned int seg_first = blockIdx.y * segment;
-    unsigned int seg_chunks = min(segment, chunks - seg_first);
+    // This block's K segment: `segment` chunks from seg_first (fewer in the last one). Kernels
+    // never launched with segments (SEGMENTED false) know at compile time that theirs is all of
+    // K, which keeps the address arithmetic of the one-row passes as lean as before segments.
+    unsigned int seg_first = SEGMENTED ? blockIdx.y * segment : 0;
+    unsigned int seg_chunks = SEGMENTED ? min(segment, chunks - seg_first) : chunks;
     GemvXWindow win = {seg_first * DOT_CHUNK, 0, seg_chunks};
     win.width = min(win.begin + seg_chunks * DOT_CHUNK, k) - win.begin;
     unsigned int groups = cols / TASK_COLS;
@@ -348,7 +350,7 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
         }
         const float* p = partials + (r * cols + cl) * seg_chunks;
         unsigned long long o = (unsigned long long)r * n + jj;
-        if (blockIdx.y > 0) {
+        if (SEGMENTED && blockIdx.y > 0) {
             // A later segment: the partial of each of its chunks, for matmul_split_combine_*
             // (value 1 + chunk - segment; value 0 is the first segment's running total).
             for (unsigned int cc = 0; cc < seg_chunks; ++cc) {
@@ -360,7 +362,7 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
         for (unsigned int cc = 0; cc < seg_chunks; ++cc) {
             total = combine_chunk_partials(total, p[cc]);
         }
-        if (gridDim.y > 1) {
+        if (SEGMENTED && gridDim.y > 1) {
             split[o] = total;
         } else if (BF16_OUT) {
             ((unsigned short*)out)[o] = (unsigned short)round_bf16_bits(total);
@@ -382,26 +384,26 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
 // `segment` chunks): with one segment they write out; with several, `split` receives the values
 // that matmul_split_combine_* combines into out (see matmul_gemv_body). X_BATCH: loads in flight
 // per thread while x is copied to shared memory (4 under the narrow pass's register cap, where 8
-// spill).
-#define GEMV_KERNEL(NAME, BOUNDS, PASS, X_MODE, TASK_COLS, X_BATCH)                               \
+// spill). Only SEGMENTED kernels may be launched with more than one segment.
+#define GEMV_KERNEL(NAME, BOUNDS, PASS, X_MODE, TASK_COLS, X_BATCH, SEGMENTED)                    \
     extern "C" __global__ void BOUNDS NAME##_f32(                                                \
         const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,             \
         float* __restrict__ out, float* __restrict__ split, unsigned int m, unsigned int n,     \
         unsigned int k, unsigned int cols, unsigned int segment) {                              \
-        matmul_gemv_body<false, PASS, X_MODE, TASK_COLS, X_BATCH>(x, w, out, split, m, n, k,    \
-                                                                  cols, segment);               \
+        matmul_gemv_body<false, PASS, X_MODE, TASK_COLS, X_BATCH, SEGMENTED>(                   \
+            x, w, out, split, m, n, k, cols, segment);                                          \
     }                                                                                            \
     extern "C" __global__ void BOUNDS NAME##_bf16(                                               \
         const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,             \
         unsigned short* __restrict__ out, float* __restrict__ split, unsigned int m,            \
         unsigned int n, unsigned int k, unsigned int cols, unsigned int segment) {              \
-        matmul_gemv_body<true, PASS, X_MODE, TASK_COLS, X_BATCH>(x, w, out, split, m, n, k,     \
-                                                                 cols, segment);                \
+        matmul_gemv_body<true, PASS, X_MODE, TASK_COLS, X_BATCH, SEGMENTED>(                    \
+            x, w, out, split, m, n, k, cols, segment);                                          \
     }
-GEMV_KERNEL(matmul_gemv, GEMV_NARROW_BOUNDS, 32, GEMV_X_BF16, 1, 4)
-GEMV_KERNEL(matmul_gemv_wide, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8)
-GEMV_KERNEL(matmul_gemv_global_x, GEMV_NARROW_BOUNDS, 32, GEMV_X_GLOBAL, 1, 1)
-GEMV_KERNEL(matmul_gemv_rows, GEMV_WIDE_BOUNDS, 32, GEMV_X_BF16, 2, 8)
+GEMV_KERNEL(matmul_gemv, GEMV_NARROW_BOUNDS, 32, GEMV_X_BF16, 1, 4, false)
+GEMV_KERNEL(matmul_gemv_wide, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8, false)
+GEMV_KERNEL(matmul_gemv_global_x, GEMV_NARROW_BOUNDS, 32, GEMV_X_GLOBAL, 1, 1, false)
+GEMV_KERNEL(matmul_gemv_rows, GEMV_WIDE_BOUNDS, 32, GEMV_X_BF16, 2, 8, true)
 
 // Any k: one thread per (output column j, chunk c), c fastest, writing chunk-major
 // partials[c * m * n + r * n + j]; matmul_split_combine_* combines them.

@@ -61,22 +61,31 @@ enum GemvX {
 }
 
 /// A GEMV kernel pair (`GEMV_KERNEL` in matmul.cu: `{name}_f32` and `{name}_bf16`): its pass
-/// of weights per task, its columns per task, and where it reads x from.
+/// of weights per task, its columns per task, where it reads x from, and whether it may be
+/// launched with K in segments.
 #[derive(Clone, Copy, Debug)]
 struct GemvKernel {
     name: &'static str,
     pass: usize,
     task_cols: usize,
     x: GemvX,
+    segmented: bool,
 }
 
 impl GemvKernel {
-    const fn new(name: &'static str, pass: usize, task_cols: usize, x: GemvX) -> Self {
+    const fn new(
+        name: &'static str,
+        pass: usize,
+        task_cols: usize,
+        x: GemvX,
+        segmented: bool,
+    ) -> Self {
         GemvKernel {
             name,
             pass,
             task_cols,
             x,
+            segmented,
         }
     }
 
@@ -102,16 +111,16 @@ impl GemvKernel {
 /// The GEMV kernels by role. One row: the 64-wide pass with x unpacked to f32 in shared memory,
 /// or the 32-wide pass with x as bf16 where the f32 copy does not fit, or x from global memory.
 const GEMV_ONE_ROW: [GemvKernel; 3] = [
-    GemvKernel::new("matmul_gemv_wide", 64, 1, GemvX::SharedF32),
-    GemvKernel::new("matmul_gemv", 32, 1, GemvX::SharedBf16),
-    GemvKernel::new("matmul_gemv_global_x", 32, 1, GemvX::Global),
+    GemvKernel::new("matmul_gemv_wide", 64, 1, GemvX::SharedF32, false),
+    GemvKernel::new("matmul_gemv", 32, 1, GemvX::SharedBf16, false),
+    GemvKernel::new("matmul_gemv_global_x", 32, 1, GemvX::Global, false),
 ];
 /// Several rows: tasks of two columns with x as bf16 in shared memory, or x from global memory
 /// in one-column tasks. (Two-column tasks with x from global memory, and x copies over 64 KB,
 /// were measured no faster on the H100, 2026-11-24.)
 const GEMV_ROWS: [GemvKernel; 2] = [
-    GemvKernel::new("matmul_gemv_rows", 32, 2, GemvX::SharedBf16),
-    GemvKernel::new("matmul_gemv_global_x", 32, 1, GemvX::Global),
+    GemvKernel::new("matmul_gemv_rows", 32, 2, GemvX::SharedBf16, true),
+    GemvKernel::new("matmul_gemv_global_x", 32, 1, GemvX::Global, false),
 ];
 
 /// Mirror `GEMM_BM`, `GEMM_BN`, `GEMM_THREADS` and `GEMM_TOTALS_BYTES` in matmul.cu.
@@ -986,9 +995,10 @@ impl CudaBackend {
 
     /// The GEMV kernel for `m` rows of `k`, and the chunks of each of its K segments: the first
     /// of its role's list (`GEMV_ONE_ROW`, `GEMV_ROWS`) whose copy of x is within
-    /// `GEMV_SHARED_X_MAX` and, with its widest stage, within the device's shared memory. At one
-    /// row that is all of x (one segment); at several, segments as long as fit, in as few
-    /// segments as can be, of equal length. The last of each list reads x from global memory.
+    /// `GEMV_SHARED_X_MAX` and, with its widest stage, within the device's shared memory: all of
+    /// x (one segment), or for a kernel that takes segments (the several-row one; at one row
+    /// they measured slower, H100 2026-11-24), segments as long as fit, as few as can be, of
+    /// equal length. The last of each list reads x from global memory.
     fn gemv_plan(&self, m: usize, k: usize) -> (GemvKernel, usize) {
         let chunks = k.div_ceil(DOT_CHUNK);
         let fits = |g: &GemvKernel, segment: usize| {
@@ -1000,7 +1010,7 @@ impl CudaBackend {
             if g.x == GemvX::Global || fits(g, chunks) {
                 return (*g, chunks);
             }
-            if m > 1 {
+            if g.segmented {
                 if let Some(longest) = (1..chunks).rev().find(|&s| fits(g, s)) {
                     return (*g, chunks.div_ceil(chunks.div_ceil(longest)));
                 }
