@@ -104,6 +104,9 @@ fn parse_options() -> std::result::Result<Options, String> {
                     .split(',')
                     .map(|r| r.trim().parse().map_err(|e| format!("--rows: {e}")))
                     .collect::<std::result::Result<Vec<usize>, String>>()?;
+                if list.contains(&0) {
+                    return Err("--rows: a matmul has at least one row".into());
+                }
                 o.rows = Some(list);
             }
             "--quick" => o.quick = true,

@@ -48,10 +48,11 @@ __device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
 // Weights reach the threads through a stage in shared memory, a pass of PASS weights per task
 // column at a time: PASS / 8 lanes read one column's 2 * PASS contiguous bytes with 16-byte loads
 // (a lane reading its own chunk directly would make each instruction touch 32 separate lines),
-// and the loads of the next pass are in flight while the current pass is added. Activations come pre-rounded to
-// bf16, read 8 at a time. A pass of 64 (whole 128-byte lines per task) streams weights faster
-// at one row, at every model shape once x is in shared memory (H100, 2026-11-23: down 64 -> 54
-// us, tg128 122 -> 128 tokens/s); 32 needs fewer registers, which suits several rows.
+// and the loads of the next pass are in flight while the current pass is added. Activations
+// come pre-rounded to bf16, read 8 at a time. A pass of 64 (whole 128-byte lines per task)
+// streams weights faster at one row, at every model shape once x is in shared memory (H100,
+// 2026-11-23: down 64 -> 54 us, tg128 122 -> 128 tokens/s); 32 needs fewer registers, which
+// suits several rows.
 //
 // Activations: every block reads all of x (m x k), each value once per warp that needs it, so
 // from global memory nearly every read missed L1 and a lane waited out an L2 round trip per
