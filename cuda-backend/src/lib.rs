@@ -1022,15 +1022,18 @@ impl CudaBackend {
     /// Output columns per GEMV block: `task_cols` times the column groups, of which a block of
     /// `GEMV_THREADS / chunks` groups uses the most threads (`chunks` a segment's, each of the
     /// `segments` K segments a block of its own). Fewer groups can fill the device's waves of
-    /// blocks better, which the driver's occupancy calculator tells. The down projection of
-    /// Qwen3-8B at one row (48 chunks) in blocks of 5 columns ran 820 blocks, 3.1 waves of the
-    /// 264 the H100 holds, the last one a tenth full; 4 columns make 3.9 waves (H100,
-    /// 2026-11-23: tg128 124.2 -> 126.2 tokens/s). One-column tasks (one row) compare the widest
-    /// block with one group fewer; several-column tasks every block of at least
-    /// `GEMV_MIN_WARPS` warps, since each block copies its part of x: without that floor the
-    /// rule picked smaller blocks that were up to twice as slow (H100, 2026-11-24: o at 4 rows
-    /// 61.7 against 30.9 µs, the output head at 8 rows 597 against 298). Ties keep the wider
-    /// block.
+    /// blocks better, which the driver's occupancy calculator tells; ties keep the wider block.
+    /// The down projection of Qwen3-8B at one row (48 chunks) in blocks of 5 columns ran 820
+    /// blocks, 3.1 waves of the 264 the H100 holds, the last one a tenth full; 4 columns make 3.9
+    /// waves (H100, 2026-11-23: tg128 124.2 -> 126.2 tokens/s). The blocks compared:
+    /// - one-column tasks (one row) whose widest block makes two waves or more: that block and
+    ///   one group fewer. Over many waves a fuller last wave is worth less than a wide block:
+    ///   every block size of four warps or more made the output head 22% slower and gate/up 8%
+    ///   (H100, 2026-11-24);
+    /// - otherwise every block of at least `GEMV_MIN_WARPS` warps, since each block copies its
+    ///   part of x: without that floor several-column tasks took smaller blocks that were up to
+    ///   twice as slow (o at 4 rows 61.7 against 30.9 µs, the output head at 8 rows 597 against
+    ///   298). At one row this took q/k/v (1.45 waves of 16 columns) from 26.2 to 24.1 µs.
     fn gemv_columns(
         &self,
         f: &CudaFunction,
@@ -1041,16 +1044,8 @@ impl CudaBackend {
         x_bytes: usize,
     ) -> Result<usize> {
         let widest = GEMV_THREADS as usize / chunks;
-        let candidates: Vec<usize> = if kernel.task_cols == 1 {
-            vec![widest, widest.saturating_sub(1).max(1)]
-        } else {
-            (1..=widest)
-                .rev()
-                .filter(|&g| g == widest || g * chunks >= GEMV_MIN_WARPS * 32)
-                .collect()
-        };
-        let mut best = (0.0, widest);
-        for groups in candidates {
+        // Waves of blocks of `groups` column groups.
+        let waves = |groups: usize| -> Result<f64> {
             let threads = gemv_block_threads(groups, chunks);
             let dynamic_shared = kernel.stage_bytes(threads) + x_bytes;
             let key = (f.cu_function() as usize, threads, dynamic_shared);
@@ -1075,10 +1070,21 @@ impl CudaBackend {
                     b
                 }
             };
-            let per_sm = per_sm.max(1);
             let blocks = n.div_ceil(groups * kernel.task_cols) * segments;
-            let waves = blocks as f64 / (per_sm * self.sm_count) as f64;
-            let score = waves / waves.ceil();
+            Ok(blocks as f64 / (per_sm.max(1) * self.sm_count) as f64)
+        };
+        let every_block = (1..=widest)
+            .rev()
+            .filter(|&g| g == widest || g * chunks >= GEMV_MIN_WARPS * 32);
+        let candidates: Vec<usize> = if kernel.task_cols == 1 && waves(widest)? >= 2.0 {
+            vec![widest, widest.saturating_sub(1).max(1)]
+        } else {
+            every_block.collect()
+        };
+        let mut best = (0.0, widest);
+        for groups in candidates {
+            let w = waves(groups)?;
+            let score = w / w.ceil();
             if score > best.0 {
                 best = (score, groups);
             }
