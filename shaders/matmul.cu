@@ -88,8 +88,8 @@ __device__ __forceinline__ unsigned int gemv_shared_x_f32_unit(unsigned int r, u
     return r * (k / 4 + chunks) + e / 4 + e / DOT_CHUNK;
 }
 
-// The part of x a block reads: elements [begin, begin + width) of each row, the chunks of its K
-// segment (`chunks` of them).
+// The part of x a block reads: `width` elements of each row from element `begin`, the chunks of
+// its K segment (`chunks` of them).
 struct GemvXWindow {
     unsigned int begin;
     unsigned int width;
