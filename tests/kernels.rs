@@ -66,9 +66,11 @@ fn matmul_shapes<B: Backend>(b: &B) {
         (3, 200_000, 24),
         // Activations over the CUDA GEMV's 64 KB of shared memory: at several rows K is cut
         // into segments of whole chunks, each copying its part (two and three segments, the last
-        // one shorter, a last chunk of 192); at one row x is read from global memory.
+        // one shorter, a last chunk of 192); at one row x too large for its f32 copy is copied
+        // as bf16 (k = 20 000), and one too large for that is read from global memory.
         (5, 37, 8192),
         (3, 40, 24_000),
+        (1, 33, 20_000),
         (1, 300, 40_960),
         // The CUDA GEMM: several 64x128 tiles with partial edges in both dimensions; k a
         // multiple of 8 but not of its 16-deep K tiles, and k not a multiple of 8; split over
