@@ -196,7 +196,7 @@ __device__ __forceinline__ uint4 gemv_weight_load(const unsigned short* p) {
 // instructions for 25.2M warp products); four columns a task spent three (the compiler unpacks
 // the weights again for every row rather than hold 32 floats). Over a layer's GEMVs two columns
 // a task were as fast as four at 4 and 8 rows and faster at 2; weights staged unpacked to f32
-// gave fewer instructions still but no speed (docs/results/2026-11-24-h100-session6).
+// gave a compiled loop of fewer instructions but no speed (docs/results/2026-11-24-h100-session6).
 template <bool BF16_OUT, int PASS, int X_MODE, int TASK_COLS, int X_BATCH, bool SEGMENTED>
 __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restrict__ x,
                                                  const unsigned short* __restrict__ w,
