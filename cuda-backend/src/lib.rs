@@ -120,7 +120,7 @@ const GEMV_ONE_ROW: [GemvKernel; 3] = [
 /// were measured no faster on the H100, 2026-11-24.)
 const GEMV_ROWS: [GemvKernel; 2] = [
     GemvKernel::new("matmul_gemv_rows", 32, 2, GemvX::SharedBf16, true),
-    GemvKernel::new("matmul_gemv_global_x", 32, 1, GemvX::Global, false),
+    GEMV_ONE_ROW[2],
 ];
 
 /// Mirror `GEMM_BM`, `GEMM_BN`, `GEMM_THREADS` and `GEMM_TOTALS_BYTES` in matmul.cu.
@@ -740,13 +740,20 @@ impl CudaBackend {
         unsafe { self.stream.alloc::<T>(len.max(1)) }.map_err(device_err("allocation"))
     }
 
-    /// An f32 tensor of zeros and its bf16 rounding (zeros too).
-    fn f32_zeros_rounded(&self, len: usize) -> Result<CudaTensor> {
+    /// An f32 tensor of zeros.
+    fn f32_zeros(&self, len: usize) -> Result<CudaTensor> {
         Ok(CudaTensor {
             buf: Buf::F32(self.alloc_zeros(len)?),
             len,
-            rounded: Some(self.alloc_zeros(len)?),
+            rounded: None,
         })
+    }
+
+    /// An f32 tensor of zeros and its bf16 rounding (zeros too).
+    fn f32_zeros_rounded(&self, len: usize) -> Result<CudaTensor> {
+        let mut t = self.f32_zeros(len)?;
+        t.rounded = Some(self.alloc_zeros(len)?);
+        Ok(t)
     }
 
     /// An f32 tensor for a kernel that writes all of it.
@@ -1871,10 +1878,14 @@ impl Backend for CudaBackend {
             }
         }
         let len = rows * g.heads * g.head_dim;
-        let mut out = if named.iter().all(|&n| n) {
-            self.f32_output_rounded(len)?
-        } else {
-            self.f32_zeros_rounded(len)?
+        // The default kernels write no rounding (the matmul rounds their output itself); rows no
+        // sequence names stay zero.
+        let default_kernels = self.mode == KernelMode::Default && g.head_dim.is_multiple_of(32);
+        let mut out = match (default_kernels, named.iter().all(|&n| n)) {
+            (false, true) => self.f32_output_rounded(len)?,
+            (false, false) => self.f32_zeros_rounded(len)?,
+            (true, true) => self.f32_output(len)?,
+            (true, false) => self.f32_zeros(len)?,
         };
         let n_work = work.len() / 3;
         if n_work == 0 {
@@ -1895,11 +1906,11 @@ impl Backend for CudaBackend {
         );
         let scale = g.scale;
         let n_work32 = n_work as u32;
-        let (Buf::F32(o), Some(rounded)) = (&mut out.buf, &mut out.rounded) else {
-            unreachable!("an f32 tensor with its rounding")
+        let Buf::F32(o) = &mut out.buf else {
+            unreachable!("an f32 output")
         };
 
-        if self.mode == KernelMode::Default && g.head_dim.is_multiple_of(32) {
+        if default_kernels {
             let splits = self.default_splits(n_work, g.heads, max_len);
             let splits32 = splits as u32;
             let mut partials =
@@ -1944,10 +1955,11 @@ impl Backend for CudaBackend {
             // SAFETY: attention_splitkv_combine(partials, work, out, heads, head_dim, splits);
             // out holds rows*heads*head_dim and every work row is below rows.
             unsafe { l.launch(cfg) }.map_err(device_err("attention_splitkv_combine"))?;
-            // This path writes no rounding: the matmul rounds the output itself.
-            out.rounded = None;
             return Ok(out);
         }
+        let Some(rounded) = &mut out.rounded else {
+            unreachable!("the invariant kernels' output has its rounding")
+        };
 
         // Invariant attention: pick the launch shape (same bits either way).
         let blocks_per_row: Vec<usize> = work
