@@ -228,7 +228,8 @@ fn attention_inputs<B: Backend>(b: &B) {
             .collect();
         let slots_in_cache = 2 * rows + 1;
         let mut slots: Vec<u32> = (0..rows).map(|i| (2 * i + 1) as u32).collect();
-        // A slot named twice: cpu and cuda keep the later row; wgpu refuses the call.
+        // A slot named twice: cpu, cuda and wgpu's fused kernel keep the later row; wgpu's
+        // separate write_kv (on devices with too few storage bindings) refuses the call.
         let repeated_slot = rows > 2;
         if repeated_slot {
             slots[2] = slots[0];

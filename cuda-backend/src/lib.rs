@@ -20,7 +20,9 @@ use cudarc::driver::{
     LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
-use ditto_engine::backend::{check_attention, check_rope, expect_tensor, Tensor};
+use ditto_engine::backend::{
+    check_attention, check_rope, expect_tensor, last_write_of_slot, Tensor,
+};
 use ditto_engine::{
     AttentionInputs, AttnGeometry, AttnSeq, Backend, DType, Error, KernelMode, MatmulShape, Result,
     RopeTables,
@@ -569,15 +571,6 @@ fn check_kv_slots(
         }
     }
     Ok(())
-}
-
-/// For each row, whether it is the last to name its slot. A slot named twice keeps its last
-/// row, as in the cpu backend's sequential loop, so no two threads ever write one element.
-fn last_write_of_slot(slots: &[u32]) -> Vec<bool> {
-    let mut seen = std::collections::HashSet::new();
-    let mut last: Vec<bool> = slots.iter().rev().map(|&s| seen.insert(s)).collect();
-    last.reverse();
-    last
 }
 
 impl CudaBackend {

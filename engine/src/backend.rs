@@ -252,6 +252,16 @@ pub fn expect_tensor<T: Tensor>(t: &T, what: &str, dtype: DType, len: usize) -> 
     Ok(())
 }
 
+/// For each row, whether it is the last to name its slot. A slot named twice keeps its last
+/// row, as in the cpu backend's sequential loop, so a kernel that skips the others never has
+/// two threads write one element.
+pub fn last_write_of_slot(slots: &[u32]) -> Vec<bool> {
+    let mut seen = std::collections::HashSet::new();
+    let mut last: Vec<bool> = slots.iter().rev().map(|&s| seen.insert(s)).collect();
+    last.reverse();
+    last
+}
+
 /// Checks a rope call's input, tables and positions, so that no kernel reads out of bounds.
 pub fn check_rope<T: Tensor>(
     x: &T,

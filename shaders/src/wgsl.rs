@@ -16,6 +16,7 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("rope", include_str!("../rope.wgsl")),
     ("elementwise", include_str!("../elementwise.wgsl")),
     ("kv_write", include_str!("../kv_write.wgsl")),
+    ("attention_inputs", include_str!("../attention_inputs.wgsl")),
     ("attention", include_str!("../attention.wgsl")),
     ("argmax", include_str!("../argmax.wgsl")),
 ];

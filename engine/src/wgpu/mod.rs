@@ -12,14 +12,17 @@
 //! - Kernels are queued in order on one queue; only downloads wait for the device.
 
 use crate::backend::{
-    check_attention, check_rope, expect_tensor, AttnGeometry, AttnSeq, Backend, DType, KernelMode,
-    MatmulShape, RopeTables, Tensor,
+    check_attention, check_rope, expect_tensor, last_write_of_slot, AttentionInputs, AttnGeometry,
+    AttnSeq, Backend, DType, KernelMode, MatmulShape, RopeTables, Tensor,
 };
 use crate::{Error, Result};
 use ditto_shaders::{contract, wgsl, ProbeOp};
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Mutex, Weak};
 use wgpu::util::DeviceExt;
+
+mod profile;
+use profile::{Profiler, PROFILE_VAR};
 
 /// A tensor in device memory.
 #[derive(Clone, Debug)]
@@ -218,7 +221,12 @@ impl GemvPlan {
 const GEMM_TILE: usize = 32;
 /// Largest head_dim the attention kernel's shared arrays hold (`MAX_HEAD_DIM`).
 const MAX_HEAD_DIM: usize = 256;
-/// Marks a query row that no sequence of an attention call covers (`UNUSED_ROW`).
+/// Storage buffers the fused attention-inputs kernel binds.
+const ATTENTION_INPUTS_BUFFERS: u32 = 9;
+/// Largest head_dim attention_inputs.wgsl's workgroup arrays hold (`MAX_HEAD_DIM`).
+const ATTENTION_INPUTS_MAX_HEAD_DIM: usize = 512;
+/// Marks a query row that no sequence of an attention call covers (`UNUSED_ROW`), and a cache
+/// slot that attention_inputs.wgsl leaves to a later row (`SKIP_SLOT`).
 const UNUSED_ROW: u32 = u32::MAX;
 
 /// Largest parameter block a kernel takes, in bytes (16 words).
@@ -251,6 +259,8 @@ struct Recorder {
     uniform: wgpu::Buffer,
     params: Vec<u8>,
     dispatches: usize,
+    /// Each dispatch's kernel, entry and workgroups, when profiling.
+    labels: Vec<String>,
 }
 
 /// The wgpu backend. See the module documentation.
@@ -271,6 +281,16 @@ pub struct WgpuBackend {
     /// `Default` swaps in the split-K GEMV of `matmul_default.wgsl` for few-row matmuls; every
     /// other kernel is the invariant one (no faster wgpu kernel exists for them yet).
     mode: KernelMode,
+    /// Set by [`PROFILE_VAR`]: GPU time per kernel ([`profile`]).
+    profiler: Option<Profiler>,
+}
+
+impl Drop for WgpuBackend {
+    fn drop(&mut self) {
+        if let Some(profiler) = &self.profiler {
+            eprintln!("{}:\n{}", self.info.name, profiler.report());
+        }
+    }
 }
 
 impl WgpuBackend {
@@ -307,15 +327,28 @@ impl WgpuBackend {
         // The default limits (128 MiB bindings, 256 MiB buffers) are too small for real weights:
         // ask for everything the adapter has.
         let limits = adapter.limits();
+        let profiling = std::env::var_os(PROFILE_VAR).is_some_and(|v| v != "0");
+        let features = if profiling {
+            if !adapter.features().contains(Profiler::features()) {
+                return Err(Error::Device(format!(
+                    "{PROFILE_VAR} needs timestamp queries inside compute passes, which {} lacks",
+                    info.name
+                )));
+            }
+            Profiler::features()
+        } else {
+            wgpu::Features::empty()
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("ditto"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::Device(format!("{}: cannot open device: {e}", info.name)))?;
+        let profiler = profiling.then(|| Profiler::new(&device, &queue, MAX_BATCH));
         Ok(WgpuBackend {
             device,
             queue,
@@ -328,6 +361,7 @@ impl WgpuBackend {
                 .max(UNIFORM_BLOCK_BYTES),
             pool: Arc::new(Mutex::new(BufferPool::default())),
             mode,
+            profiler,
         })
     }
 
@@ -427,7 +461,7 @@ impl WgpuBackend {
         Ok(compiled)
     }
 
-    /// A zero-filled storage buffer of `bytes` (at least 4), checked against the device limits.
+    /// A zero-filled storage buffer of `bytes` (rounded up as [`Self::checked_size`] does), checked against the device limits.
     fn buffer(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
         let size = self.checked_size(bytes, what)?;
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -440,7 +474,7 @@ impl WgpuBackend {
         }))
     }
 
-    /// A storage buffer holding `bytes` (padded with zeros to a multiple of 4, at least 4).
+    /// A storage buffer holding `bytes` (padded with zeros to a multiple of 16, at least 16).
     fn buffer_with(&self, bytes: &[u8], what: &str) -> Result<wgpu::Buffer> {
         let size = self.checked_size(bytes.len() as u64, what)? as usize;
         let mut padded;
@@ -462,10 +496,11 @@ impl WgpuBackend {
             }))
     }
 
-    /// Rounds a size up to whole words and checks it against what one buffer and one binding
-    /// may hold on this device.
+    /// Rounds a size up to whole 16-byte units, so that every buffer can be bound as an array
+    /// of vec4 (a binding holds at least one element), and checks it against what one buffer
+    /// and one binding may hold on this device.
     fn checked_size(&self, bytes: u64, what: &str) -> Result<u64> {
-        let size = bytes.max(4).div_ceil(4) * 4;
+        let size = bytes.max(16).div_ceil(16) * 16;
         let limit = self
             .limits
             .max_buffer_size
@@ -494,7 +529,7 @@ impl WgpuBackend {
         }
     }
 
-    /// A storage buffer of `bytes` (at least 4) with unspecified contents, from the pool if it
+    /// A storage buffer of `bytes` (at least 16) with unspecified contents, from the pool if it
     /// has one of that size: only for outputs that their kernel writes in full.
     fn output_buffer(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
         let size = self.checked_size(bytes, what)?;
@@ -566,7 +601,8 @@ impl WgpuBackend {
         if groups.0 == 0 || groups.1 == 0 {
             return Ok(());
         }
-        let kernel = self.kernel((kernel, entry, constant))?;
+        let module = kernel;
+        let kernel = self.kernel((module, entry, constant))?;
         // Padded to a 16-byte multiple, as uniform blocks require.
         let mut words = params.to_vec();
         words.resize(words.len().div_ceil(4).max(1) * 4, 0);
@@ -607,7 +643,19 @@ impl WgpuBackend {
         });
         pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, 1);
+        match &self.profiler {
+            None => pass.dispatch_workgroups(groups.0, groups.1, 1),
+            Some(profiler) => {
+                profiler.bracket(pass, recorder.dispatches, |pass| {
+                    pass.dispatch_workgroups(groups.0, groups.1, 1)
+                });
+                let constant = constant.map_or(String::new(), |(name, v)| format!(" {name}={v}"));
+                recorder.labels.push(format!(
+                    "{entry} ({module}{constant}) {}×{}",
+                    groups.0, groups.1
+                ));
+            }
+        }
         recorder.dispatches += 1;
         let mut limit = self.lock_batch_limit()?;
         if recorder.dispatches >= *limit {
@@ -653,6 +701,7 @@ impl WgpuBackend {
             }),
             params: Vec::new(),
             dispatches: 0,
+            labels: Vec::new(),
         }
     }
 
@@ -663,12 +712,17 @@ impl WgpuBackend {
         recorder: Option<Recorder>,
         copy: Option<(&wgpu::Buffer, u64, &wgpu::Buffer)>,
     ) -> Result<()> {
+        let mut labels = Vec::new();
         let mut encoder = match recorder {
             Some(mut r) => {
                 // Ends the pass, so that the encoder can be finished.
                 r.pass = None;
                 if !r.params.is_empty() {
                     self.queue.write_buffer(&r.uniform, 0, &r.params);
+                }
+                if let Some(profiler) = &self.profiler {
+                    profiler.resolve(&mut r.encoder, r.dispatches);
+                    labels = r.labels;
                 }
                 r.encoder
             }
@@ -681,6 +735,11 @@ impl WgpuBackend {
             encoder.copy_buffer_to_buffer(src, 0, dst, 0, size);
         }
         self.queue.submit([encoder.finish()]);
+        if let Some(profiler) = &self.profiler {
+            profiler
+                .collect(&self.device, &labels)
+                .map_err(|e| Error::Device(format!("{PROFILE_VAR}: {e}")))?;
+        }
         Ok(())
     }
 
@@ -731,6 +790,49 @@ impl WgpuBackend {
         staging.unmap();
         data.truncate(bytes as usize);
         Ok(data)
+    }
+
+    /// RMSNorm of `rows` rows of `x`, or, given `(residual, sum)`, of `x + residual`, which is
+    /// also written to `sum`.
+    fn rms_norm_rows(
+        &self,
+        x: &WgpuTensor,
+        residual: Option<(&WgpuTensor, &WgpuTensor)>,
+        weight: &WgpuTensor,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<WgpuTensor> {
+        expect_tensor(x, "rms_norm input", DType::F32, rows * dim)?;
+        expect_tensor(weight, "rms_norm weight", DType::Bf16, dim)?;
+        let out = self.f32_tensor(rows * dim, "rms_norm output")?;
+        if dim == 0 || rows == 0 {
+            return Ok(out);
+        }
+        // Without a residual the kernel touches neither binding; x and out fill them.
+        let residual_buffer = residual.map_or(&x.buffer, |(r, _)| &r.buffer);
+        let sum_buffer = residual.map_or(&out.buffer, |(_, s)| &s.buffer);
+        self.run(
+            "rms_norm",
+            "main",
+            &[
+                u32_of(rows, "rms_norm rows")?,
+                u32_of(dim, "rms_norm dim")?,
+                eps.to_bits(),
+                contract::rms_inv_dim(dim).to_bits(),
+                u32::from(residual.is_some()),
+            ],
+            &[
+                (1, &x.buffer),
+                (2, &weight.buffer),
+                (3, &out.buffer),
+                (4, residual_buffer),
+                (5, sum_buffer),
+            ],
+            self.groups(rows)?,
+            false,
+        )?;
+        Ok(out)
     }
 
     /// The first `len` values of f32 tensor `x` rounded to bf16 by the contract, two per word.
@@ -887,26 +989,22 @@ impl Backend for WgpuBackend {
         dim: usize,
         eps: f32,
     ) -> Result<WgpuTensor> {
-        expect_tensor(x, "rms_norm input", DType::F32, rows * dim)?;
-        expect_tensor(weight, "rms_norm weight", DType::Bf16, dim)?;
-        let out = self.f32_tensor(rows * dim, "rms_norm output")?;
-        if dim == 0 {
-            return Ok(out);
-        }
-        self.run(
-            "rms_norm",
-            "main",
-            &[
-                u32_of(rows, "rms_norm rows")?,
-                u32_of(dim, "rms_norm dim")?,
-                eps.to_bits(),
-                contract::rms_inv_dim(dim).to_bits(),
-            ],
-            &[(1, &x.buffer), (2, &weight.buffer), (3, &out.buffer)],
-            self.groups(rows)?,
-            false,
-        )?;
-        Ok(out)
+        self.rms_norm_rows(x, None, weight, rows, dim, eps)
+    }
+
+    fn add_rms_norm(
+        &self,
+        a: &WgpuTensor,
+        b: &WgpuTensor,
+        weight: &WgpuTensor,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<(WgpuTensor, WgpuTensor)> {
+        expect_tensor(b, "rms_norm residual", DType::F32, rows * dim)?;
+        let sum = self.f32_tensor(rows * dim, "residual sum")?;
+        let normed = self.rms_norm_rows(a, Some((b, &sum)), weight, rows, dim, eps)?;
+        Ok((sum, normed))
     }
 
     fn matmul(
@@ -1130,6 +1228,116 @@ impl Backend for WgpuBackend {
             self.groups(words.div_ceil(ELEMENTWISE_THREADS))?,
             false,
         )
+    }
+
+    fn attention_inputs(
+        &self,
+        qkv: &WgpuTensor,
+        k_cache: &mut WgpuTensor,
+        v_cache: &mut WgpuTensor,
+        a: &AttentionInputs<WgpuTensor>,
+    ) -> Result<WgpuTensor> {
+        // Nine storage buffers: devices with fewer (WebGPU's minimum is 8) run the kernels one
+        // by one.
+        if self.limits.max_storage_buffers_per_shader_stage < ATTENTION_INPUTS_BUFFERS {
+            let rows = a.positions.len();
+            let (q_len, kv_len) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
+            let (mut q, mut k, v) = self.split_qkv(qkv, rows, q_len, kv_len)?;
+            if let Some((q_norm, k_norm, eps)) = a.qk_norm {
+                q = self.rms_norm(&q, q_norm, rows * a.heads, a.head_dim, eps)?;
+                k = self.rms_norm(&k, k_norm, rows * a.kv_heads, a.head_dim, eps)?;
+            }
+            let q = self.rope(&q, a.positions, a.tables, a.heads, a.head_dim)?;
+            let k = self.rope(&k, a.positions, a.tables, a.kv_heads, a.head_dim)?;
+            self.write_kv(k_cache, v_cache, &k, &v, a.slots, kv_len)?;
+            return Ok(q);
+        }
+        let rows = a.positions.len();
+        let (heads, kv_heads, head_dim) = (a.heads, a.kv_heads, a.head_dim);
+        let (q_len, kv_len) = (heads * head_dim, kv_heads * head_dim);
+        expect_tensor(
+            qkv,
+            "attention_inputs q/k/v",
+            DType::F32,
+            rows * (q_len + 2 * kv_len),
+        )?;
+        // The checks of the separate kernels: rope's tables and positions, the caches' slots.
+        let q = self.f32_tensor(rows * q_len, "attention_inputs q")?;
+        check_rope(&q, a.positions, a.tables, heads, head_dim)?;
+        if a.slots.len() != rows {
+            return Err(Error::Input(format!(
+                "attention_inputs: {} slots for {rows} rows",
+                a.slots.len()
+            )));
+        }
+        expect_dtype(k_cache, "attention_inputs k cache", DType::Bf16)?;
+        expect_dtype(v_cache, "attention_inputs v cache", DType::Bf16)?;
+        let slots_in_cache = k_cache.len.min(v_cache.len) / kv_len.max(1);
+        if let Some(s) = a.slots.iter().find(|&&s| s as usize >= slots_in_cache) {
+            return Err(Error::Input(format!(
+                "attention_inputs: slot {s} past the cache's {slots_in_cache} slots"
+            )));
+        }
+        if let Some((qn, kn, _)) = a.qk_norm {
+            expect_tensor(qn, "q norm weight", DType::Bf16, head_dim)?;
+            expect_tensor(kn, "k norm weight", DType::Bf16, head_dim)?;
+        }
+        if rows == 0 || head_dim == 0 {
+            return Ok(q);
+        }
+        if head_dim > ATTENTION_INPUTS_MAX_HEAD_DIM {
+            return Err(Error::Unsupported(format!(
+                "attention inputs with head_dim {head_dim} (at most {ATTENTION_INPUTS_MAX_HEAD_DIM})"
+            )));
+        }
+        // Each token's position, then its slot (or a skip where a later row writes that slot).
+        let mut positions_slots = a.positions.to_vec();
+        positions_slots.extend(
+            a.slots
+                .iter()
+                .zip(last_write_of_slot(a.slots))
+                .map(|(&s, last)| if last { s } else { UNUSED_ROW }),
+        );
+        let positions_slots = self.upload_u32(&positions_slots, "attention_inputs slots")?;
+        let (eps, q_norm, k_norm) = match a.qk_norm {
+            Some((qn, kn, eps)) => (eps, &qn.buffer, &kn.buffer),
+            // Not read without a norm.
+            None => (0.0, &qkv.buffer, &qkv.buffer),
+        };
+        let head_rows = heads + 2 * kv_heads;
+        let max = self.limits.max_compute_workgroups_per_dimension as usize;
+        if head_rows > max || rows > max {
+            return Err(Error::Device(format!(
+                "attention_inputs: {head_rows}×{rows} workgroups exceed the {max}-workgroup grid"
+            )));
+        }
+        self.run(
+            "attention_inputs",
+            "main",
+            &[
+                u32_of(rows, "attention_inputs rows")?,
+                u32_of(heads, "heads")?,
+                u32_of(kv_heads, "kv_heads")?,
+                u32_of(head_dim, "head_dim")?,
+                eps.to_bits(),
+                contract::rms_inv_dim(head_dim).to_bits(),
+                u32::from(a.qk_norm.is_some()),
+            ],
+            &[
+                (1, &qkv.buffer),
+                (2, q_norm),
+                (3, k_norm),
+                (4, &positions_slots),
+                (5, &a.tables.cos.buffer),
+                (6, &a.tables.sin.buffer),
+                (7, &q.buffer),
+                (8, &k_cache.buffer),
+                (9, &v_cache.buffer),
+            ],
+            (head_rows as u32, rows as u32),
+            false,
+        )?;
+        Ok(q)
     }
 
     fn attention(
