@@ -221,18 +221,7 @@ pub trait Backend {
         v_cache: &mut Self::Tensor,
         a: &AttentionInputs<Self::Tensor>,
     ) -> Result<Self::Tensor> {
-        let rows = a.positions.len();
-        let (q_len, kv_len) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
-        let (mut q, mut k, v) = self.split_qkv(qkv, rows, q_len, kv_len)?;
-        if let Some((q_norm, k_norm, eps)) = a.qk_norm {
-            // Each head is one row of head_dim values.
-            q = self.rms_norm(&q, q_norm, rows * a.heads, a.head_dim, eps)?;
-            k = self.rms_norm(&k, k_norm, rows * a.kv_heads, a.head_dim, eps)?;
-        }
-        let q = self.rope(&q, a.positions, a.tables, a.heads, a.head_dim)?;
-        let k = self.rope(&k, a.positions, a.tables, a.kv_heads, a.head_dim)?;
-        self.write_kv(k_cache, v_cache, &k, &v, a.slots, kv_len)?;
-        Ok(q)
+        attention_inputs_one_by_one(self, qkv, k_cache, v_cache, a)
     }
 
     /// Greedy argmax of each row of f32 `[rows, vocab]`: lowest index of the largest value.
@@ -250,6 +239,29 @@ pub fn expect_tensor<T: Tensor>(t: &T, what: &str, dtype: DType, len: usize) -> 
         )));
     }
     Ok(())
+}
+
+/// [`Backend::attention_inputs`] as its separate kernels, one after another: what a backend runs
+/// unless it fuses them.
+pub fn attention_inputs_one_by_one<B: Backend + ?Sized>(
+    b: &B,
+    qkv: &B::Tensor,
+    k_cache: &mut B::Tensor,
+    v_cache: &mut B::Tensor,
+    a: &AttentionInputs<B::Tensor>,
+) -> Result<B::Tensor> {
+    let rows = a.positions.len();
+    let (q_len, kv_len) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
+    let (mut q, mut k, v) = b.split_qkv(qkv, rows, q_len, kv_len)?;
+    if let Some((q_norm, k_norm, eps)) = a.qk_norm {
+        // Each head is one row of head_dim values.
+        q = b.rms_norm(&q, q_norm, rows * a.heads, a.head_dim, eps)?;
+        k = b.rms_norm(&k, k_norm, rows * a.kv_heads, a.head_dim, eps)?;
+    }
+    let q = b.rope(&q, a.positions, a.tables, a.heads, a.head_dim)?;
+    let k = b.rope(&k, a.positions, a.tables, a.kv_heads, a.head_dim)?;
+    b.write_kv(k_cache, v_cache, &k, &v, a.slots, kv_len)?;
+    Ok(q)
 }
 
 /// For each row, whether it is the last to name its slot. A slot named twice keeps its last

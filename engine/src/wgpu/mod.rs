@@ -12,8 +12,9 @@
 //! - Kernels are queued in order on one queue; only downloads wait for the device.
 
 use crate::backend::{
-    check_attention, check_rope, expect_tensor, last_write_of_slot, AttentionInputs, AttnGeometry,
-    AttnSeq, Backend, DType, KernelMode, MatmulShape, RopeTables, Tensor,
+    attention_inputs_one_by_one, check_attention, check_rope, expect_tensor, last_write_of_slot,
+    AttentionInputs, AttnGeometry, AttnSeq, Backend, DType, KernelMode, MatmulShape, RopeTables,
+    Tensor,
 };
 use crate::{Error, Result};
 use ditto_shaders::{contract, wgsl, ProbeOp};
@@ -1240,17 +1241,7 @@ impl Backend for WgpuBackend {
         // Nine storage buffers: devices with fewer (WebGPU's minimum is 8) run the kernels one
         // by one.
         if self.limits.max_storage_buffers_per_shader_stage < ATTENTION_INPUTS_BUFFERS {
-            let rows = a.positions.len();
-            let (q_len, kv_len) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
-            let (mut q, mut k, v) = self.split_qkv(qkv, rows, q_len, kv_len)?;
-            if let Some((q_norm, k_norm, eps)) = a.qk_norm {
-                q = self.rms_norm(&q, q_norm, rows * a.heads, a.head_dim, eps)?;
-                k = self.rms_norm(&k, k_norm, rows * a.kv_heads, a.head_dim, eps)?;
-            }
-            let q = self.rope(&q, a.positions, a.tables, a.heads, a.head_dim)?;
-            let k = self.rope(&k, a.positions, a.tables, a.kv_heads, a.head_dim)?;
-            self.write_kv(k_cache, v_cache, &k, &v, a.slots, kv_len)?;
-            return Ok(q);
+            return attention_inputs_one_by_one(self, qkv, k_cache, v_cache, a);
         }
         let rows = a.positions.len();
         let (heads, kv_heads, head_dim) = (a.heads, a.kv_heads, a.head_dim);
