@@ -21,7 +21,8 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use ditto_engine::backend::{
-    check_attention, check_rope, expect_tensor, last_write_of_slot, Tensor,
+    check_attention, check_attention_inputs, check_kv_slots, check_rope, expect_tensor,
+    last_write_of_slot, Tensor,
 };
 use ditto_engine::{
     AttentionInputs, AttnGeometry, AttnSeq, Backend, DType, Error, KernelMode, MatmulShape, Result,
@@ -549,28 +550,6 @@ fn grid_1d(n: usize) -> Result<LaunchConfig> {
 
 fn u32_arg(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::Input(format!("{what} = {v} exceeds 32 bits")))
-}
-
-/// Checks that both caches are bf16 and hold every slot of `slots` (rows of `row_len`).
-fn check_kv_slots(
-    what: &str,
-    k_cache: &CudaTensor,
-    v_cache: &CudaTensor,
-    slots: &[u32],
-    row_len: usize,
-) -> Result<()> {
-    for cache in [k_cache, v_cache] {
-        if cache.dtype() != DType::Bf16 {
-            return Err(Error::Input(format!("{what}: cache not bf16")));
-        }
-        let slots_in_cache = cache.len / row_len.max(1);
-        if let Some(s) = slots.iter().find(|&&s| s as usize >= slots_in_cache) {
-            return Err(Error::Input(format!(
-                "{what}: slot {s} past the cache's {slots_in_cache} slots"
-            )));
-        }
-    }
-    Ok(())
 }
 
 impl CudaBackend {
@@ -1476,29 +1455,10 @@ impl Backend for CudaBackend {
         v_cache: &mut CudaTensor,
         a: &AttentionInputs<CudaTensor>,
     ) -> Result<CudaTensor> {
+        check_attention_inputs(qkv, k_cache, v_cache, a)?;
         let rows = a.positions.len();
         let (heads, kv_heads, head_dim) = (a.heads, a.kv_heads, a.head_dim);
-        let (q_len, kv_len) = (heads * head_dim, kv_heads * head_dim);
-        expect_tensor(
-            qkv,
-            "attention_inputs q/k/v",
-            DType::F32,
-            rows * (q_len + 2 * kv_len),
-        )?;
-        // The checks of the separate kernels: rope's tables and positions, the caches' slots.
-        let mut q = self.f32_output(rows * q_len)?;
-        check_rope(&q, a.positions, a.tables, heads, head_dim)?;
-        if a.slots.len() != rows {
-            return Err(Error::Input(format!(
-                "attention_inputs: {} slots for {rows} rows",
-                a.slots.len()
-            )));
-        }
-        check_kv_slots("attention_inputs", k_cache, v_cache, a.slots, kv_len)?;
-        if let Some((qn, kn, _)) = a.qk_norm {
-            expect_tensor(qn, "q norm weight", DType::Bf16, head_dim)?;
-            expect_tensor(kn, "k norm weight", DType::Bf16, head_dim)?;
-        }
+        let mut q = self.f32_output(rows * heads * head_dim)?;
         if rows == 0 || head_dim == 0 {
             return Ok(q);
         }

@@ -264,6 +264,60 @@ pub fn attention_inputs_one_by_one<B: Backend + ?Sized>(
     Ok(q)
 }
 
+/// Checks a fused [`Backend::attention_inputs`] call as its separate kernels would (the q/k/v
+/// length, rope's tables and positions, the caches' slots, the norms' weights), so that no
+/// kernel reads or writes out of bounds.
+pub fn check_attention_inputs<T: Tensor>(
+    qkv: &T,
+    k_cache: &T,
+    v_cache: &T,
+    a: &AttentionInputs<T>,
+) -> Result<()> {
+    let rows = a.positions.len();
+    let (q_len, kv_len) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
+    expect_tensor(
+        qkv,
+        "attention_inputs q/k/v",
+        DType::F32,
+        rows * (q_len + 2 * kv_len),
+    )?;
+    check_rope_tables(a.positions, a.tables, a.head_dim)?;
+    if a.slots.len() != rows {
+        return Err(Error::Input(format!(
+            "attention_inputs: {} slots for {rows} rows",
+            a.slots.len()
+        )));
+    }
+    check_kv_slots("attention_inputs", k_cache, v_cache, a.slots, kv_len)?;
+    if let Some((qn, kn, _)) = a.qk_norm {
+        expect_tensor(qn, "q norm weight", DType::Bf16, a.head_dim)?;
+        expect_tensor(kn, "k norm weight", DType::Bf16, a.head_dim)?;
+    }
+    Ok(())
+}
+
+/// Checks that both caches are bf16 and hold every slot of `slots` (rows of `row_len`).
+pub fn check_kv_slots<T: Tensor>(
+    what: &str,
+    k_cache: &T,
+    v_cache: &T,
+    slots: &[u32],
+    row_len: usize,
+) -> Result<()> {
+    for cache in [k_cache, v_cache] {
+        if cache.dtype() != DType::Bf16 {
+            return Err(Error::Input(format!("{what}: cache not bf16")));
+        }
+        let slots_in_cache = cache.len() / row_len.max(1);
+        if let Some(s) = slots.iter().find(|&&s| s as usize >= slots_in_cache) {
+            return Err(Error::Input(format!(
+                "{what}: slot {s} past the cache's {slots_in_cache} slots"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// For each row, whether it is the last to name its slot. A slot named twice keeps its last
 /// row, as in the cpu backend's sequential loop, so a kernel that skips the others never has
 /// two threads write one element.
@@ -288,6 +342,15 @@ pub fn check_rope<T: Tensor>(
         DType::F32,
         positions.len() * heads * head_dim,
     )?;
+    check_rope_tables(positions, tables, head_dim)
+}
+
+/// Checks rope's tables against head_dim, and the positions against the tables.
+fn check_rope_tables<T: Tensor>(
+    positions: &[u32],
+    tables: &RopeTables<T>,
+    head_dim: usize,
+) -> Result<()> {
     if tables.half_dim * 2 != head_dim {
         return Err(Error::Input(format!(
             "rope: tables for head_dim {} used with head_dim {head_dim}",

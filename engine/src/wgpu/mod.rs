@@ -12,9 +12,9 @@
 //! - Kernels are queued in order on one queue; only downloads wait for the device.
 
 use crate::backend::{
-    attention_inputs_one_by_one, check_attention, check_rope, expect_tensor, last_write_of_slot,
-    AttentionInputs, AttnGeometry, AttnSeq, Backend, DType, KernelMode, MatmulShape, RopeTables,
-    Tensor,
+    attention_inputs_one_by_one, check_attention, check_attention_inputs, check_rope,
+    expect_tensor, last_write_of_slot, AttentionInputs, AttnGeometry, AttnSeq, Backend, DType,
+    KernelMode, MatmulShape, RopeTables, Tensor,
 };
 use crate::{Error, Result};
 use ditto_shaders::{contract, wgsl, ProbeOp};
@@ -1243,36 +1243,10 @@ impl Backend for WgpuBackend {
         if self.limits.max_storage_buffers_per_shader_stage < ATTENTION_INPUTS_BUFFERS {
             return attention_inputs_one_by_one(self, qkv, k_cache, v_cache, a);
         }
+        check_attention_inputs(qkv, k_cache, v_cache, a)?;
         let rows = a.positions.len();
         let (heads, kv_heads, head_dim) = (a.heads, a.kv_heads, a.head_dim);
-        let (q_len, kv_len) = (heads * head_dim, kv_heads * head_dim);
-        expect_tensor(
-            qkv,
-            "attention_inputs q/k/v",
-            DType::F32,
-            rows * (q_len + 2 * kv_len),
-        )?;
-        // The checks of the separate kernels: rope's tables and positions, the caches' slots.
-        let q = self.f32_tensor(rows * q_len, "attention_inputs q")?;
-        check_rope(&q, a.positions, a.tables, heads, head_dim)?;
-        if a.slots.len() != rows {
-            return Err(Error::Input(format!(
-                "attention_inputs: {} slots for {rows} rows",
-                a.slots.len()
-            )));
-        }
-        expect_dtype(k_cache, "attention_inputs k cache", DType::Bf16)?;
-        expect_dtype(v_cache, "attention_inputs v cache", DType::Bf16)?;
-        let slots_in_cache = k_cache.len.min(v_cache.len) / kv_len.max(1);
-        if let Some(s) = a.slots.iter().find(|&&s| s as usize >= slots_in_cache) {
-            return Err(Error::Input(format!(
-                "attention_inputs: slot {s} past the cache's {slots_in_cache} slots"
-            )));
-        }
-        if let Some((qn, kn, _)) = a.qk_norm {
-            expect_tensor(qn, "q norm weight", DType::Bf16, head_dim)?;
-            expect_tensor(kn, "k norm weight", DType::Bf16, head_dim)?;
-        }
+        let q = self.f32_tensor(rows * heads * head_dim, "attention_inputs q")?;
         if rows == 0 || head_dim == 0 {
             return Ok(q);
         }
