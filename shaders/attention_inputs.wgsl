@@ -44,10 +44,6 @@ var<workgroup> squares_s: array<f32, MAX_HEAD_DIM>;
 var<workgroup> partials: array<f32, MAX_CHUNKS>;
 var<workgroup> scale_shared: f32;
 
-fn pack_pair(lo: f32, hi: f32) -> u32 {
-    return round_bf16_bits(lo) | (round_bf16_bits(hi) << 16u);
-}
-
 @compute @workgroup_size(128)
 fn main(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -71,7 +67,7 @@ fn main(
     if (is_v) {
         let dst = (slot * kv_len + (h - heads - kv_heads) * d) / 2u;
         for (var w = t; w < d / 2u; w += THREADS) {
-            v_cache[dst + w] = pack_pair(qkv[src + 2u * w], qkv[src + 2u * w + 1u]);
+            v_cache[dst + w] = bf16_pair(qkv[src + 2u * w], qkv[src + 2u * w + 1u]);
         }
         return;
     }
@@ -143,7 +139,7 @@ fn main(
         workgroupBarrier();
         let dst = (slot * kv_len + (h - heads) * d) / 2u;
         for (var w = t; w < half; w += THREADS) {
-            k_cache[dst + w] = pack_pair(squares_s[2u * w], squares_s[2u * w + 1u]);
+            k_cache[dst + w] = bf16_pair(squares_s[2u * w], squares_s[2u * w + 1u]);
         }
     }
 }

@@ -31,6 +31,6 @@ fn main(
     let w = i % params.row_words;
     let src = 2u * i;
     let dst = slots[row] * params.row_words + w;
-    k_cache[dst] = round_bf16_bits(k[src]) | (round_bf16_bits(k[src + 1u]) << 16u);
-    v_cache[dst] = round_bf16_bits(v[src]) | (round_bf16_bits(v[src + 1u]) << 16u);
+    k_cache[dst] = bf16_pair(k[src], k[src + 1u]);
+    v_cache[dst] = bf16_pair(v[src], v[src + 1u]);
 }

@@ -136,10 +136,6 @@ fn gemv_load(row: u32, slot: u32, s0: u32, q: u32) -> vec4<u32> {
     return v;
 }
 
-fn bf16_pair(lo: f32, hi: f32) -> u32 {
-    return round_bf16_bits(lo) | (round_bf16_bits(hi) << 16u);
-}
-
 fn bf16_lo(word: u32) -> f32 {
     return bitcast<f32>(word << 16u);
 }

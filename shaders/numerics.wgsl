@@ -51,6 +51,12 @@ fn round_bf16(x: f32) -> f32 {
     return bf16_to_f32(round_bf16_bits(x));
 }
 
+// Two values rounded to bf16 and packed as one storage word, `lo` in the low half: the layout of
+// every bf16 tensor (two values a u32, element 2w in the low half of word w).
+fn bf16_pair(lo: f32, hi: f32) -> u32 {
+    return round_bf16_bits(lo) | (round_bf16_bits(hi) << 16u);
+}
+
 fn scale_by_pow2(m: f32, n: i32) -> f32 {
     let bits = bitcast<u32>(m);
     let e = i32((bits & F32_EXPONENT) >> 23u) + n;
