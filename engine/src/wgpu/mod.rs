@@ -462,7 +462,8 @@ impl WgpuBackend {
         Ok(compiled)
     }
 
-    /// A zero-filled storage buffer of `bytes` (rounded up as [`Self::checked_size`] does), checked against the device limits.
+    /// A zero-filled storage buffer of `bytes` (rounded up as [`Self::checked_size`] does),
+    /// checked against the device limits.
     fn buffer(&self, bytes: u64, what: &str) -> Result<wgpu::Buffer> {
         let size = self.checked_size(bytes, what)?;
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
