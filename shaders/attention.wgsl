@@ -90,7 +90,26 @@ fn main(
             for (var c = 0u; c < d; c += DOT_CHUNK) {
                 let end = min(c + DOT_CHUNK, d);
                 var partial = 0.0;
-                for (var i = c; i < end; i++) {
+                // 16 keys (8 words) at a time, their loads issued before the adds, so that a
+                // thread waits for one round trip per 16 keys rather than per key (H100,
+                // 2026-11-24: with the value loop's below, 26.6 -> 23.3 µs a layer). A key row
+                // that starts mid-word (odd head_dim) takes the one-key loop.
+                var rest = c;
+                if ((key & 1u) == 0u) {
+                    let whole = c + (end - c) / 16u * 16u;
+                    for (var i0 = c; i0 < whole; i0 += 16u) {
+                        var words: array<u32, 8>;
+                        for (var u = 0u; u < 8u; u++) {
+                            words[u] = k_cache[(key + i0) / 2u + u];
+                        }
+                        for (var u = 0u; u < 8u; u++) {
+                            partial = partial + q_s[i0 + 2u * u] * bf16_lo(words[u]);
+                            partial = partial + q_s[i0 + 2u * u + 1u] * bf16_hi(words[u]);
+                        }
+                    }
+                    rest = whole;
+                }
+                for (var i = rest; i < end; i++) {
                     partial = partial + q_s[i] * k_at(key + i);
                 }
                 total = combine_chunk_partials(total, partial);
@@ -135,7 +154,18 @@ fn main(
         // Value sums, positions ascending, merged into the state (each thread owns its dims).
         for (var i = t; i < d; i += THREADS) {
             var acc = 0.0;
-            for (var j = 0u; j < len; j++) {
+            // 8 positions at a time, their loads issued before the adds (as for the keys).
+            let whole = len / 8u * 8u;
+            for (var j0 = 0u; j0 < whole; j0 += 8u) {
+                var vs: array<f32, 8>;
+                for (var u = 0u; u < 8u; u++) {
+                    vs[u] = v_at(kv_row_s[j0 + u] * d + i);
+                }
+                for (var u = 0u; u < 8u; u++) {
+                    acc = acc + mul_rn(p_s[j0 + u], vs[u]);
+                }
+            }
+            for (var j = whole; j < len; j++) {
                 acc = acc + mul_rn(p_s[j], v_at(kv_row_s[j] * d + i));
             }
             if (start == 0u) {

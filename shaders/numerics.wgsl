@@ -47,6 +47,15 @@ fn bf16_to_f32(bits: u32) -> f32 {
     return bitcast<f32>(bits << 16u);
 }
 
+// The low and high bf16 values of a storage word, as f32.
+fn bf16_lo(word: u32) -> f32 {
+    return bitcast<f32>(word << 16u);
+}
+
+fn bf16_hi(word: u32) -> f32 {
+    return bitcast<f32>(word & 0xffff0000u);
+}
+
 fn round_bf16(x: f32) -> f32 {
     return bf16_to_f32(round_bf16_bits(x));
 }

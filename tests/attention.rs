@@ -246,6 +246,14 @@ fn attention_d128_gqa4<B: Backend>(b: &B) {
     invariance(b, &Case::new(14, 8, 2, 128, &[513, 40]), 4);
 }
 
+/// Head dims that are not a multiple of 16 (kernels that read keys 16 at a time take a
+/// remainder loop), and an odd one (every other key row then starts in the middle of a storage
+/// word; KV rows of kv_heads · head_dim values stay even, as the bf16 cache needs).
+fn attention_odd_head_dims<B: Backend>(b: &B) {
+    invariance(b, &Case::new(16, 4, 2, 40, &[300, 9]), 5);
+    invariance(b, &Case::new(17, 4, 2, 17, &[270, 2]), 6);
+}
+
 fn attention_rejects_bad_tables<B: Backend>(b: &B) {
     let case = Case::new(15, 2, 1, 64, &[20]);
     let caches = case.caches(b);
@@ -268,5 +276,6 @@ backend_tests!(
     attention_d128_gqa3,
     attention_d64_gqa4,
     attention_d128_gqa4,
+    attention_odd_head_dims,
     attention_rejects_bad_tables,
 );
