@@ -16,8 +16,9 @@ struct Params {
     // gemv_vec only: output columns per workgroup, and chunks per K segment (threads per column).
     cols: u32,
     seg_chunks: u32,
+    // gemv_vec only: 0, or the width of a fused silu · up output (see gemv_column).
+    silu_n: u32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -129,6 +130,27 @@ fn gemv_stage_at(task: u32, u: u32) -> u32 {
 // Unit q (of the chunk) of chunk s0 + slot of the weight row starting at unit `row`; zeros where
 // there is no such unit (a slot past the segment, a column past n, k past its end), which no
 // task then reads.
+const NO_COLUMN: u32 = 0xffffffffu;
+
+// The weight row of column c (< cols) of workgroup `group`, or NO_COLUMN past the output. With
+// silu_n = 0 the group's columns are consecutive. Otherwise the weights are a stacked gate/up
+// projection (gate rows 0..silu_n, then the up rows) and the output is silu(gate) · up: the
+// group's first half of columns are gate rows and the second half the matching up rows, so that
+// one workgroup holds both sums of each output (cols is even then).
+fn gemv_column(group: u32, c: u32) -> u32 {
+    let cols = params.cols;
+    if (params.silu_n == 0u) {
+        let j = group * cols + c;
+        return select(NO_COLUMN, j, j < params.n);
+    }
+    let half = cols / 2u;
+    let j = group * half + c % half;
+    if (j >= params.silu_n) {
+        return NO_COLUMN;
+    }
+    return select(j, params.silu_n + j, c >= half);
+}
+
 fn gemv_load(row: u32, slot: u32, s0: u32, q: u32) -> vec4<u32> {
     let at = (s0 + slot) * (DOT_CHUNK / 8u) + q;
     var v = vec4<u32>();
@@ -165,8 +187,8 @@ fn gemv_vec(
     let k8 = params.k / 8u;
     let cols = params.cols;
     let seg = params.seg_chunks;
-    let col0 = (wg.x + wg.y * nwg.x) * cols;
-    if (col0 >= n) {
+    let group = wg.x + wg.y * nwg.x;
+    if (gemv_column(group, 0u) == NO_COLUMN) {
         return;
     }
     let chunks = (params.k + DOT_CHUNK - 1u) / DOT_CHUNK;
@@ -175,8 +197,7 @@ fn gemv_vec(
     // uniform; a shorter last chunk skips the units it lacks.
     let passes = (min(params.k, DOT_CHUNK) + GEMV_PASS - 1u) / GEMV_PASS;
     let slot = t / cols;
-    let j = col0 + t % cols;
-    let mine = slot < seg && j < n;
+    let mine = slot < seg && gemv_column(group, t % cols) != NO_COLUMN;
     // This thread loads unit `lunit` of the tasks t / GEMV_UNITS + i · tasks_per_load.
     let lunit = t % GEMV_UNITS;
     let tasks_per_load = GEMV_VEC_THREADS / GEMV_UNITS;
@@ -185,9 +206,9 @@ fn gemv_vec(
     var wnext: array<vec4<u32>, 8>;
     for (var i = 0u; i < GEMV_UNITS; i++) {
         let task = t / GEMV_UNITS + i * tasks_per_load;
-        let jt = col0 + task % cols;
-        lrow[i] = jt * k8;
-        lslot[i] = select(seg, task / cols, jt < n);
+        let jt = gemv_column(group, task % cols);
+        lrow[i] = select(0u, jt * k8, jt != NO_COLUMN);
+        lslot[i] = select(seg, task / cols, jt != NO_COLUMN);
         wnext[i] = gemv_load(lrow[i], lslot[i], 0u, lunit);
     }
     let items = GEMV_M * seg * GEMV_UNITS;
@@ -289,11 +310,35 @@ fn gemv_vec(
             }
         }
     }
+    if (params.silu_n == 0u) {
+        for (var i = 0u; i < GEMV_M; i++) {
+            let pair = i * GEMV_VEC_THREADS + t;
+            let jj = gemv_column(group, pair / GEMV_M);
+            if (pair < GEMV_M * cols && jj != NO_COLUMN) {
+                out[(pair % GEMV_M) * n + jj] = total[i];
+            }
+        }
+        return;
+    }
+    // Fused silu(gate) · up, as the silu_mul kernel computes it: the totals go through workgroup
+    // memory so that one thread holds each output's gate and up sums.
+    workgroupBarrier();
     for (var i = 0u; i < GEMV_M; i++) {
         let pair = i * GEMV_VEC_THREADS + t;
-        let jj = col0 + pair / GEMV_M;
-        if (pair < GEMV_M * cols && jj < n) {
-            out[(pair % GEMV_M) * n + jj] = total[i];
+        if (pair < GEMV_M * cols) {
+            gemv_stage[pair >> 2u][pair & 3u] = bitcast<u32>(total[i]);
+        }
+    }
+    workgroupBarrier();
+    let half = cols / 2u;
+    for (var i = 0u; i < GEMV_M; i++) {
+        let pair = i * GEMV_VEC_THREADS + t;
+        let jj = gemv_column(group, pair / GEMV_M);
+        if (pair < GEMV_M * half && jj != NO_COLUMN) {
+            let up = pair + half * GEMV_M;
+            let g = bitcast<f32>(gemv_stage[pair >> 2u][pair & 3u]);
+            let u = bitcast<f32>(gemv_stage[up >> 2u][up & 3u]);
+            out[(pair % GEMV_M) * params.silu_n + jj] = mul_rn(contract_silu(g), u);
         }
     }
 }

@@ -115,6 +115,62 @@ fn matmul_shapes<B: Backend>(b: &B) {
     }
 }
 
+/// The MLP's gate/up projection and silu · up in one call, against the matmul's contract followed
+/// by silu_mul's, at shapes of the fused GEMV (every m to 8, n not a multiple of a workgroup's
+/// pairs, one and several K segments) and of the unfused fallbacks (k not a multiple of 8, more
+/// rows).
+fn matmul_silu_mul<B: Backend>(b: &B) {
+    let mut rng = Rng::new(13);
+    let mut shapes = vec![
+        (1, 1, 8),
+        (1, 300, 4096),
+        (2, 37, 264),
+        (3, 5, 40),
+        (4, 100, 12288),
+        (5, 33, 1000),
+        (6, 9, 2120),
+        (7, 70, 8),
+        (8, 61, 4104),
+        (1, 1029, 256),
+        (2, 13, 20),
+        (9, 20, 64),
+        (40, 17, 300),
+    ];
+    if std::env::var_os("DITTO_MODEL_SHAPES").is_some() {
+        shapes.extend([(1, 12288, 4096), (5, 12288, 4096)]);
+    }
+    for (m, n, k) in shapes {
+        let x = activations(&mut rng, m * k);
+        let w = rng.bf16s(2 * n * k, 1.0);
+        let both = reference_matmul(&x, &w, m, 2 * n, k);
+        let want: Vec<f32> = both
+            .chunks_exact(2 * n)
+            .flat_map(|row| {
+                let (gate, up) = row.split_at(n);
+                gate.iter()
+                    .zip(up)
+                    .map(|(&g, &u)| contract::mul_rn(contract::silu(g), u))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let (tx, tw) = (ok("x", b.upload_f32(&x)), ok("w", b.upload_bf16(&w)));
+        let got = ok("matmul_silu_mul", b.matmul_silu_mul(&tx, &tw, m, n, k));
+        assert_bits(
+            &format!("matmul_silu_mul {m}×{n}×{k}"),
+            &ok("download", b.download_f32(&got)),
+            &want,
+        );
+    }
+    let (x, w) = (
+        ok("x", b.upload_f32(&[1.0; 16])),
+        ok("w", b.upload_bf16(&[0; 48])),
+    );
+    assert!(
+        b.matmul_silu_mul(&x, &w, 2, 2, 8).is_err(),
+        "6 weight rows where 2 outputs need 4: refused"
+    );
+}
+
 fn matmul_rejects_bad_shapes<B: Backend>(b: &B) {
     let x = ok("x", b.upload_f32(&[1.0; 6]));
     let w = ok("w", b.upload_bf16(&[0x3f80; 6]));
@@ -575,6 +631,7 @@ fn uploads_round_trip<B: Backend>(b: &B) {
 
 backend_tests!(
     matmul_shapes,
+    matmul_silu_mul,
     matmul_rejects_bad_shapes,
     embedding,
     rms_norm,

@@ -145,6 +145,27 @@ pub trait Backend {
     /// each row's gate (first `n`) then its up values; f32 `[rows, n]` out.
     fn silu_mul(&self, gate_up: &Self::Tensor, rows: usize, n: usize) -> Result<Self::Tensor>;
 
+    /// The MLP's first half: f32 `x` `[rows, k]` times the stacked bf16 gate/up weights
+    /// `[2n, k]` (gate rows, then up rows), then `silu(gate) · up`: f32 `[rows, n]`, the bits of
+    /// [`Backend::matmul`] followed by [`Backend::silu_mul`], which is this default body. A
+    /// backend may fuse the two, saving a kernel and the `[rows, 2n]` intermediate.
+    fn matmul_silu_mul(
+        &self,
+        x: &Self::Tensor,
+        gate_up: &Self::Tensor,
+        rows: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Self::Tensor> {
+        let shape = MatmulShape {
+            m: rows,
+            n: 2 * n,
+            k,
+        };
+        let both = self.matmul(x, gate_up, shape, DType::F32)?;
+        self.silu_mul(&both, rows, n)
+    }
+
     /// Splits the fused q/k/v projection, f32 `[rows, q + 2 kv]`, into q `[rows, q]`, k and v
     /// `[rows, kv]` (a copy: the values are unchanged).
     fn split_qkv(

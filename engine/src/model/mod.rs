@@ -415,8 +415,7 @@ impl<B: Backend> Model<B> {
 
             // MLP block.
             let i = c.intermediate_size;
-            let gate_up = mm(&normed, &layer.gate_up, 2 * i, h)?;
-            let act = b.silu_mul(&gate_up, t, i)?;
+            let act = b.matmul_silu_mul(&normed, &layer.gate_up, t, i, h)?;
             let down = mm(&act, &layer.down, h, i)?;
             match self.layers.get(l + 1) {
                 Some(next) => {

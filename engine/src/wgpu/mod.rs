@@ -837,6 +837,57 @@ impl WgpuBackend {
         Ok(out)
     }
 
+    /// Whether the invariant `gemv_vec` kernel takes an m × k product (few rows, k a whole
+    /// number of 16-byte units).
+    fn gemv_vec_fits(&self, m: usize, k: usize) -> bool {
+        m <= GEMV_MAX_ROWS && k > 0 && k.is_multiple_of(8)
+    }
+
+    /// `gemv_vec` into `result`: the matmul of f32 `x` `[m, k]` by bf16 `w` `[n, k]`, or with
+    /// `silu`, silu(gate) · up of the stacked gate/up weights `w` `[2n, k]` (n outputs a row).
+    fn gemv_vec(
+        &self,
+        x: &WgpuTensor,
+        w: &WgpuTensor,
+        shape: MatmulShape,
+        silu: bool,
+        result: &WgpuTensor,
+    ) -> Result<()> {
+        let MatmulShape { m, n, k } = shape;
+        let plan = GemvPlan::new(m, k);
+        // Fused, a workgroup's columns pair up as gate and up (gemv_column in matmul.wgsl).
+        let (cols, per_group) = if silu {
+            let even = plan.cols & !1;
+            (even, even as usize / 2)
+        } else {
+            (plan.cols, plan.cols as usize)
+        };
+        let weight_rows = if silu { 2 * n } else { n };
+        let silu_n = if silu {
+            u32_of(n, "silu_mul width")?
+        } else {
+            0
+        };
+        self.run_words(
+            "matmul",
+            "gemv_vec",
+            Some(("GEMV_M", u32_of(m, "matmul m")?)),
+            &[
+                0,
+                u32_of(m, "matmul m")?,
+                u32_of(weight_rows, "matmul n")?,
+                u32_of(k, "matmul k")?,
+                cols,
+                plan.seg_chunks,
+                silu_n,
+                0,
+            ],
+            &[(5, &x.buffer), (4, &w.buffer), (3, &result.buffer)],
+            self.groups(n.div_ceil(per_group))?,
+            false,
+        )
+    }
+
     /// The first `len` values of f32 tensor `x` rounded to bf16 by the contract, two per word.
     fn pack_bf16(&self, x: &WgpuTensor, len: usize) -> Result<WgpuTensor> {
         let packed = self.tensor(
@@ -1050,17 +1101,8 @@ impl Backend for WgpuBackend {
                     self.groups(n)?,
                     false,
                 )?;
-            } else if m <= GEMV_MAX_ROWS && k > 0 && k.is_multiple_of(8) {
-                let plan = GemvPlan::new(m, k);
-                self.run_words(
-                    "matmul",
-                    "gemv_vec",
-                    Some(("GEMV_M", m32)),
-                    &[0, m32, n32, k32, plan.cols, plan.seg_chunks, 0, 0],
-                    &[(5, &x.buffer), (4, &w.buffer), (3, &result.buffer)],
-                    self.groups(n.div_ceil(plan.cols as usize))?,
-                    false,
-                )?;
+            } else if self.gemv_vec_fits(m, k) {
+                self.gemv_vec(x, w, MatmulShape { m, n, k }, false, &result)?;
             } else if m <= GEMV_MAX_ROWS {
                 let params = [m32, n32, k32, 0, 0, 0, 0];
                 self.run("matmul", "gemv", &params, &buffers, self.groups(n)?, false)?;
@@ -1128,6 +1170,31 @@ impl Backend for WgpuBackend {
     fn silu_mul(&self, gate_up: &WgpuTensor, rows: usize, n: usize) -> Result<WgpuTensor> {
         expect_tensor(gate_up, "silu_mul input", DType::F32, rows * 2 * n)?;
         self.elementwise("silu_mul", rows * n, &[n], &[(1, &gate_up.buffer)])
+    }
+
+    fn matmul_silu_mul(
+        &self,
+        x: &WgpuTensor,
+        gate_up: &WgpuTensor,
+        rows: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<WgpuTensor> {
+        // Fused where the invariant GEMV runs; elsewhere the matmul and then silu_mul.
+        if self.mode == KernelMode::Default || !self.gemv_vec_fits(rows, k) || n == 0 {
+            let shape = MatmulShape {
+                m: rows,
+                n: 2 * n,
+                k,
+            };
+            let both = self.matmul(x, gate_up, shape, DType::F32)?;
+            return self.silu_mul(&both, rows, n);
+        }
+        expect_tensor(x, "matmul input", DType::F32, rows * k)?;
+        expect_tensor(gate_up, "gate/up weight", DType::Bf16, 2 * n * k)?;
+        let result = self.f32_tensor(rows * n, "silu_mul output")?;
+        self.gemv_vec(x, gate_up, MatmulShape { m: rows, n, k }, true, &result)?;
+        Ok(result)
     }
 
     fn split_qkv(
