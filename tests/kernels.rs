@@ -22,6 +22,20 @@ fn activations(rng: &mut Rng, n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// silu(gate) · up by the contract, for rows of `n` gates followed by `n` ups.
+fn reference_silu_mul(gate_up: &[f32], n: usize) -> Vec<f32> {
+    gate_up
+        .chunks_exact(2 * n)
+        .flat_map(|row| {
+            let (gate, up) = row.split_at(n);
+            gate.iter()
+                .zip(up)
+                .map(|(&g, &u)| contract::mul_rn(contract::silu(g), u))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 fn matmul_shapes<B: Backend>(b: &B) {
     let mut rng = Rng::new(1);
     let shapes = [
@@ -143,16 +157,7 @@ fn matmul_silu_mul<B: Backend>(b: &B) {
         let x = activations(&mut rng, m * k);
         let w = rng.bf16s(2 * n * k, 1.0);
         let both = reference_matmul(&x, &w, m, 2 * n, k);
-        let want: Vec<f32> = both
-            .chunks_exact(2 * n)
-            .flat_map(|row| {
-                let (gate, up) = row.split_at(n);
-                gate.iter()
-                    .zip(up)
-                    .map(|(&g, &u)| contract::mul_rn(contract::silu(g), u))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let want = reference_silu_mul(&both, n);
         let (tx, tw) = (ok("x", b.upload_f32(&x)), ok("w", b.upload_bf16(&w)));
         let got = ok("matmul_silu_mul", b.matmul_silu_mul(&tx, &tw, m, n, k));
         assert_bits(
@@ -441,16 +446,7 @@ fn elementwise<B: Backend>(b: &B) {
             gate_up.extend(gate);
             gate_up.extend(activations(&mut rng, n));
         }
-        let want: Vec<f32> = gate_up
-            .chunks_exact(2 * n)
-            .flat_map(|row| {
-                let (gate, up) = row.split_at(n);
-                gate.iter()
-                    .zip(up)
-                    .map(|(&g, &u)| contract::mul_rn(contract::silu(g), u))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let want = reference_silu_mul(&gate_up, n);
         let got = ok(
             "silu_mul",
             b.silu_mul(&ok("gu", b.upload_f32(&gate_up)), rows, n),
