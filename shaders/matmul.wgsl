@@ -108,7 +108,8 @@ fn gemv(
 // unroll and their arrays stay in registers. A pass of 32 weights (12 KiB of workgroup memory,
 // within WebGPU's 16 KiB minimum) measured as fast as one of 64 at one and eight rows on an H100
 // and 20% faster at four (2026-11-23). The host keeps cols · seg_chunks ≤ GEMV_VEC_THREADS and
-// GEMV_M · seg_chunks ≤ GEMV_X_ROWS.
+// GEMV_M · seg_chunks ≤ GEMV_X_ROWS. With silu_n set, the workgroup's columns are gate/up pairs
+// and it writes silu(gate) · up instead of the sums (gemv_column; Backend::matmul_silu_mul).
 const GEMV_VEC_THREADS: u32 = 128u;
 const GEMV_X_ROWS: u32 = 64u;
 override GEMV_M: u32 = 8u;
@@ -127,9 +128,6 @@ fn gemv_stage_at(task: u32, u: u32) -> u32 {
     return task * GEMV_UNITS + (u ^ (((task * GEMV_UNITS) >> 3u) & (GEMV_UNITS - 1u)));
 }
 
-// Unit q (of the chunk) of chunk s0 + slot of the weight row starting at unit `row`; zeros where
-// there is no such unit (a slot past the segment, a column past n, k past its end), which no
-// task then reads.
 const NO_COLUMN: u32 = 0xffffffffu;
 
 // The weight row of column c (< cols) of workgroup `group`, or NO_COLUMN past the output. With
@@ -151,6 +149,9 @@ fn gemv_column(group: u32, c: u32) -> u32 {
     return select(j, params.silu_n + j, c >= half);
 }
 
+// Unit q (of the chunk) of chunk s0 + slot of the weight row starting at unit `row`; zeros where
+// there is no such unit (a slot past the segment, a column past n, k past its end), which no
+// task then reads.
 fn gemv_load(row: u32, slot: u32, s0: u32, q: u32) -> vec4<u32> {
     let at = (s0 + slot) * (DOT_CHUNK / 8u) + q;
     var v = vec4<u32>();
