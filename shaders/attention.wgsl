@@ -105,7 +105,7 @@ fn main(
                             words[u] = k_cache[(key + i0) / 2u + u];
                         }
                         for (var u = 0u; u < 32u; u++) {
-                            partial = partial + q_s[i0 + 2u * u] * bf16_lo(words[u]);
+                            partial = partial + q_s[i0 + 2u * u] * bf16_to_f32(words[u]);
                             partial = partial + q_s[i0 + 2u * u + 1u] * bf16_hi(words[u]);
                         }
                     }

@@ -264,24 +264,24 @@ fn gemv_vec(
                 for (var u = 0u; u < GEMV_UNITS; u++) {
                     if (c * chunk_units + p * GEMV_UNITS + u < k8) {
                         let wv = gemv_stage[gemv_stage_at(t, u)];
-                        let w0 = bf16_lo(wv.x);
+                        let w0 = bf16_to_f32(wv.x);
                         let w1 = bf16_hi(wv.x);
-                        let w2 = bf16_lo(wv.y);
+                        let w2 = bf16_to_f32(wv.y);
                         let w3 = bf16_hi(wv.y);
-                        let w4_ = bf16_lo(wv.z);
+                        let w4_ = bf16_to_f32(wv.z);
                         let w5 = bf16_hi(wv.z);
-                        let w6 = bf16_lo(wv.w);
+                        let w6 = bf16_to_f32(wv.w);
                         let w7 = bf16_hi(wv.w);
                         for (var r = 0u; r < GEMV_M; r++) {
                             let xv = gemv_xs[(slot * GEMV_M + r) * GEMV_UNITS + u];
                             var a = acc[r];
-                            a = a + bf16_lo(xv.x) * w0;
+                            a = a + bf16_to_f32(xv.x) * w0;
                             a = a + bf16_hi(xv.x) * w1;
-                            a = a + bf16_lo(xv.y) * w2;
+                            a = a + bf16_to_f32(xv.y) * w2;
                             a = a + bf16_hi(xv.y) * w3;
-                            a = a + bf16_lo(xv.z) * w4_;
+                            a = a + bf16_to_f32(xv.z) * w4_;
                             a = a + bf16_hi(xv.z) * w5;
-                            a = a + bf16_lo(xv.w) * w6;
+                            a = a + bf16_to_f32(xv.w) * w6;
                             a = a + bf16_hi(xv.w) * w7;
                             acc[r] = a;
                         }

@@ -47,11 +47,7 @@ fn bf16_to_f32(bits: u32) -> f32 {
     return bitcast<f32>(bits << 16u);
 }
 
-// The low and high bf16 values of a storage word, as f32.
-fn bf16_lo(word: u32) -> f32 {
-    return bitcast<f32>(word << 16u);
-}
-
+// The high bf16 value of a storage word, as f32 (bf16_to_f32 of the word gives the low one).
 fn bf16_hi(word: u32) -> f32 {
     return bitcast<f32>(word & 0xffff0000u);
 }
