@@ -157,13 +157,7 @@ pub trait Backend {
         n: usize,
         k: usize,
     ) -> Result<Self::Tensor> {
-        let shape = MatmulShape {
-            m: rows,
-            n: 2 * n,
-            k,
-        };
-        let both = self.matmul(x, gate_up, shape, DType::F32)?;
-        self.silu_mul(&both, rows, n)
+        matmul_then_silu_mul(self, x, gate_up, rows, n, k)
     }
 
     /// Splits the fused q/k/v projection, f32 `[rows, q + 2 kv]`, into q `[rows, q]`, k and v
@@ -260,6 +254,25 @@ pub fn expect_tensor<T: Tensor>(t: &T, what: &str, dtype: DType, len: usize) -> 
         )));
     }
     Ok(())
+}
+
+/// [`Backend::matmul_silu_mul`] as its two kernels, the matmul and then `silu_mul`: what a backend
+/// runs unless it fuses them.
+pub fn matmul_then_silu_mul<B: Backend + ?Sized>(
+    b: &B,
+    x: &B::Tensor,
+    gate_up: &B::Tensor,
+    rows: usize,
+    n: usize,
+    k: usize,
+) -> Result<B::Tensor> {
+    let shape = MatmulShape {
+        m: rows,
+        n: 2 * n,
+        k,
+    };
+    let both = b.matmul(x, gate_up, shape, DType::F32)?;
+    b.silu_mul(&both, rows, n)
 }
 
 /// [`Backend::attention_inputs`] as its separate kernels, one after another: what a backend runs

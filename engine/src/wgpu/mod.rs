@@ -13,8 +13,8 @@
 
 use crate::backend::{
     attention_inputs_one_by_one, check_attention, check_attention_inputs, check_rope,
-    expect_tensor, last_write_of_slot, AttentionInputs, AttnGeometry, AttnSeq, Backend, DType,
-    KernelMode, MatmulShape, RopeTables, Tensor,
+    expect_tensor, last_write_of_slot, matmul_then_silu_mul, AttentionInputs, AttnGeometry,
+    AttnSeq, Backend, DType, KernelMode, MatmulShape, RopeTables, Tensor,
 };
 use crate::{Error, Result};
 use ditto_shaders::{contract, wgsl, ProbeOp};
@@ -1182,13 +1182,7 @@ impl Backend for WgpuBackend {
     ) -> Result<WgpuTensor> {
         // Fused where the invariant GEMV runs; elsewhere the matmul and then silu_mul.
         if self.mode == KernelMode::Default || !self.gemv_vec_fits(rows, k) || n == 0 {
-            let shape = MatmulShape {
-                m: rows,
-                n: 2 * n,
-                k,
-            };
-            let both = self.matmul(x, gate_up, shape, DType::F32)?;
-            return self.silu_mul(&both, rows, n);
+            return matmul_then_silu_mul(self, x, gate_up, rows, n, k);
         }
         expect_tensor(x, "matmul input", DType::F32, rows * k)?;
         expect_tensor(gate_up, "gate/up weight", DType::Bf16, 2 * n * k)?;
