@@ -855,26 +855,23 @@ impl WgpuBackend {
     ) -> Result<()> {
         let MatmulShape { m, n, k } = shape;
         let plan = GemvPlan::new(m, k);
-        // Fused, a workgroup's columns pair up as gate and up (gemv_column in matmul.wgsl).
-        let (cols, per_group) = if silu {
+        // Fused, a workgroup's columns pair up as gate and up (gemv_column in matmul.wgsl), and
+        // the weights have a gate and an up row per output.
+        let (cols, per_group, weight_rows, silu_n) = if silu {
             let even = plan.cols & !1;
-            (even, even as usize / 2)
+            (even, even as usize / 2, 2 * n, n)
         } else {
-            (plan.cols, plan.cols as usize)
+            (plan.cols, plan.cols as usize, n, 0)
         };
-        let weight_rows = if silu { 2 * n } else { n };
-        let silu_n = if silu {
-            u32_of(n, "silu_mul width")?
-        } else {
-            0
-        };
+        let silu_n = u32_of(silu_n, "silu_mul width")?;
+        let m32 = u32_of(m, "matmul m")?;
         self.run_words(
             "matmul",
             "gemv_vec",
-            Some(("GEMV_M", u32_of(m, "matmul m")?)),
+            Some(("GEMV_M", m32)),
             &[
                 0,
-                u32_of(m, "matmul m")?,
+                m32,
                 u32_of(weight_rows, "matmul n")?,
                 u32_of(k, "matmul k")?,
                 cols,
