@@ -13,12 +13,11 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    // gemv_vec only: output columns per workgroup, and chunks per K segment (threads per column).
-    cols: u32,
-    seg_chunks: u32,
     // gemv_vec only: 0, or the width of a fused silu · up output (see gemv_column).
     silu_n: u32,
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -88,12 +87,12 @@ fn gemv(
 }
 
 // ---- GEMV, vectorised (k a multiple of 8): a workgroup of GEMV_VEC_THREADS threads computes
-// `cols` output columns for all m ≤ GEMV_ROWS rows, K in segments of `seg_chunks` chunks. Thread t
-// sums the task (chunk segment start + t / cols, column t % cols) for every row: one accumulator
-// per row from +0.0, k ascending. Chunk-major, so that the 8 lanes NVIDIA serves one 16-byte
-// shared load for (cols ≥ 8) read the same activations. After each segment one thread per (row,
-// column) adds the segment's chunk partials, ascending, to its running total. So the sums are the
-// contract's.
+// GEMV_COLS output columns for all m ≤ GEMV_ROWS rows, K in segments of GEMV_SEG chunks. Thread
+// t sums the task (chunk segment start + t / GEMV_COLS, column t % GEMV_COLS) for every row: one
+// accumulator per row from +0.0, k ascending. Chunk-major, so that the 8 lanes NVIDIA serves one
+// 16-byte shared load for (GEMV_COLS ≥ 8) read the same activations. After each segment one
+// thread per (row, column) adds the segment's chunk partials, ascending, to its running total.
+// So the sums are the contract's.
 //
 // Weights reach the threads through workgroup memory, GEMV_PASS weights of every task per pass:
 // GEMV_UNITS consecutive threads load one task's 2 · GEMV_PASS contiguous bytes with 16-byte
@@ -107,12 +106,19 @@ fn gemv(
 // the workgroups many tasks. GEMV_M (= m) is a pipeline constant, so that the loops over rows
 // unroll and their arrays stay in registers. A pass of 32 weights (12 KiB of workgroup memory,
 // within WebGPU's 16 KiB minimum) measured as fast as one of 64 at one and eight rows on an H100
-// and 20% faster at four (2026-11-23). The host keeps cols · seg_chunks ≤ GEMV_VEC_THREADS and
-// GEMV_M · seg_chunks ≤ GEMV_X_ROWS. With silu_n set, the workgroup's columns are gate/up pairs
+// and 20% faster at four (2026-11-23). The host keeps GEMV_COLS · GEMV_SEG ≤ GEMV_VEC_THREADS
+// and GEMV_M · GEMV_SEG ≤ GEMV_X_ROWS. With silu_n set, the workgroup's columns are gate/up pairs
 // and it writes silu(gate) · up instead of the sums (gemv_column; Backend::matmul_silu_mul).
 const GEMV_VEC_THREADS: u32 = 128u;
 const GEMV_X_ROWS: u32 = 64u;
 override GEMV_M: u32 = 8u;
+// k, and how the host cuts the product (GemvPlan): output columns per workgroup, and chunks per K
+// segment (threads per column). Pipeline constants rather than parameters, so that the driver
+// compiles the loops with their bounds known: each GEMV of Qwen3-8B at one row took 1-6% less
+// GPU time (H100, 2026-11-24, docs/results/2026-11-24-h100-session9).
+override GEMV_K: u32;
+override GEMV_COLS: u32;
+override GEMV_SEG: u32;
 const GEMV_PASS: u32 = 32u;
 const GEMV_UNITS: u32 = GEMV_PASS / 8u;
 
@@ -136,7 +142,7 @@ const NO_COLUMN: u32 = 0xffffffffu;
 // group's first half of columns are gate rows and the second half the matching up rows, so that
 // one workgroup holds both sums of each output (cols is even then).
 fn gemv_column(group: u32, c: u32) -> u32 {
-    let cols = params.cols;
+    let cols = GEMV_COLS;
     if (params.silu_n == 0u) {
         let j = group * cols + c;
         return select(NO_COLUMN, j, j < params.n);
@@ -155,7 +161,7 @@ fn gemv_column(group: u32, c: u32) -> u32 {
 fn gemv_load(row: u32, slot: u32, s0: u32, q: u32) -> vec4<u32> {
     let at = (s0 + slot) * (DOT_CHUNK / 8u) + q;
     var v = vec4<u32>();
-    if (slot < params.seg_chunks && at < params.k / 8u) {
+    if (slot < GEMV_SEG && at < GEMV_K / 8u) {
         v = w4[row + at];
     }
     return v;
@@ -167,7 +173,7 @@ const GEMV_X_ITEMS: u32 = GEMV_X_ROWS * GEMV_UNITS / GEMV_VEC_THREADS;
 // Half `half` (0 or 1: values 0-3 or 4-7) of item e of pass p of the segment at chunk s0, as
 // f32: items are [chunk of the segment][row][unit], `items` of them; zeros past k or the items.
 fn gemv_x_load(s0: u32, p: u32, e: u32, items: u32, half: u32) -> vec4<f32> {
-    let k8 = params.k / 8u;
+    let k8 = GEMV_K / 8u;
     let at = (s0 + e / (GEMV_M * GEMV_UNITS)) * (DOT_CHUNK / 8u) + p * GEMV_UNITS
         + e % GEMV_UNITS;
     var v = vec4<f32>();
@@ -185,18 +191,18 @@ fn gemv_vec(
 ) {
     opaque_zero = params.opaque_zero;
     let n = params.n;
-    let k8 = params.k / 8u;
-    let cols = params.cols;
-    let seg = params.seg_chunks;
+    let k8 = GEMV_K / 8u;
+    let cols = GEMV_COLS;
+    let seg = GEMV_SEG;
     let group = wg.x + wg.y * nwg.x;
     if (gemv_column(group, 0u) == NO_COLUMN) {
         return;
     }
-    let chunks = (params.k + DOT_CHUNK - 1u) / DOT_CHUNK;
+    let chunks = (GEMV_K + DOT_CHUNK - 1u) / DOT_CHUNK;
     let chunk_units = DOT_CHUNK / 8u;
     // Every chunk takes as many passes as the first, the longest, so that the barriers are
     // uniform; a shorter last chunk skips the units it lacks.
-    let passes = (min(params.k, DOT_CHUNK) + GEMV_PASS - 1u) / GEMV_PASS;
+    let passes = (min(GEMV_K, DOT_CHUNK) + GEMV_PASS - 1u) / GEMV_PASS;
     let slot = t / cols;
     let mine = slot < seg && gemv_column(group, t % cols) != NO_COLUMN;
     // This thread loads unit `lunit` of the tasks t / GEMV_UNITS + i · tasks_per_load.

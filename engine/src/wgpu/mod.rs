@@ -237,8 +237,10 @@ const FIRST_BATCH: usize = 16;
 /// Most dispatches in one batch; also the capacity of a batch's uniform buffer.
 const MAX_BATCH: usize = 256;
 
-/// A kernel entry point, and the value of its pipeline constant if it has one.
-type KernelKey = (&'static str, &'static str, Option<(&'static str, u32)>);
+/// A pipeline's constants (name, value): up to four, the unused slots named "".
+type PipelineConstants = [(&'static str, u32); 4];
+/// A kernel entry point, and its pipeline constants.
+type KernelKey = (&'static str, &'static str, PipelineConstants);
 
 /// A compiled kernel entry point and its bind group layout (fetched once: `get_bind_group_layout`
 /// makes a new handle per call).
@@ -388,7 +390,7 @@ impl WgpuBackend {
         self.run_words(
             "numerics_probe",
             "main",
-            None,
+            &[],
             &[op as u32, u32_of(a.len(), "probe")?, 0, 0],
             &[(1, &ta.buffer), (2, &tb.buffer), (3, &out)],
             self.groups(a.len().div_ceil(ELEMENTWISE_THREADS))?,
@@ -398,10 +400,10 @@ impl WgpuBackend {
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 
-    /// The compiled pipeline of entry point `entry` of kernel `kernel`, with pipeline constant
-    /// `constant` set if given, compiled on first use.
+    /// The compiled pipeline of entry point `entry` of kernel `kernel`, with its pipeline
+    /// constants set, compiled on first use.
     fn kernel(&self, key: KernelKey) -> Result<Arc<Kernel>> {
-        let (kernel, entry, constant) = key;
+        let (kernel, entry, constants) = key;
         let mut cache = self
             .pipelines
             .lock()
@@ -427,12 +429,14 @@ impl WgpuBackend {
         // SAFETY: leaving out the loop bound requires that no loop of a module be infinite. Every
         // loop in shaders/*.wgsl is a `for` that counts up to a bound fixed before it starts by a
         // constant step (or halves a count to zero), and ditto_shaders' test
-        // `every_loop_is_counted` rejects any other form. The one parameter step, gemv_vec's
-        // `seg_chunks`, is at least 1 in every GemvPlan, and no bound comes near u32::MAX (the
-        // host checks sizes against the device's buffer limits), so no counter wraps.
+        // `every_loop_is_counted` rejects any other form. The one step that is not a literal,
+        // gemv_vec's GEMV_SEG, is at least 1 in every GemvPlan, and no bound comes near
+        // u32::MAX (the host checks sizes against the device's buffer limits), so no counter
+        // wraps.
         let module = unsafe { self.device.create_shader_module_trusted(descriptor, checks) };
-        let constants: Vec<(&str, f64)> = constant
+        let constants: Vec<(&str, f64)> = constants
             .iter()
+            .filter(|(name, _)| !name.is_empty())
             .map(|&(name, v)| (name, f64::from(v)))
             .collect();
         let pipeline = self
@@ -584,17 +588,17 @@ impl WgpuBackend {
         let mut words = Vec::with_capacity(params.len() + 1);
         words.push(0u32);
         words.extend_from_slice(params);
-        self.run_words(kernel, entry, None, &words, buffers, groups, wait)
+        self.run_words(kernel, entry, &[], &words, buffers, groups, wait)
     }
 
-    /// [`Self::run`] with the whole parameter block given, `opaque_zero` included, and a pipeline
-    /// constant if the kernel has one.
+    /// [`Self::run`] with the whole parameter block given, `opaque_zero` included, and the
+    /// kernel's pipeline constants.
     #[allow(clippy::too_many_arguments)]
     fn run_words(
         &self,
         kernel: &'static str,
         entry: &'static str,
-        constant: Option<(&'static str, u32)>,
+        constants: &[(&'static str, u32)],
         params: &[u32],
         buffers: &[(u32, &wgpu::Buffer)],
         groups: (u32, u32),
@@ -604,7 +608,14 @@ impl WgpuBackend {
             return Ok(());
         }
         let module = kernel;
-        let kernel = self.kernel((module, entry, constant))?;
+        let mut key_constants: PipelineConstants = [("", 0); 4];
+        if constants.len() > key_constants.len() {
+            return Err(Error::Device(format!(
+                "{entry}: more than 4 pipeline constants"
+            )));
+        }
+        key_constants[..constants.len()].copy_from_slice(constants);
+        let kernel = self.kernel((module, entry, key_constants))?;
         // Padded to a 16-byte multiple, as uniform blocks require.
         let mut words = params.to_vec();
         words.resize(words.len().div_ceil(4).max(1) * 4, 0);
@@ -651,7 +662,10 @@ impl WgpuBackend {
                 profiler.bracket(pass, recorder.dispatches, |pass| {
                     pass.dispatch_workgroups(groups.0, groups.1, 1)
                 });
-                let constant = constant.map_or(String::new(), |(name, v)| format!(" {name}={v}"));
+                let constant: String = constants
+                    .iter()
+                    .map(|(name, v)| format!(" {name}={v}"))
+                    .collect();
                 recorder.labels.push(format!(
                     "{entry} ({module}{constant}) {}×{}",
                     groups.0, groups.1
@@ -864,19 +878,24 @@ impl WgpuBackend {
             (plan.cols, plan.cols as usize, n, 0)
         };
         let silu_n = u32_of(silu_n, "silu_mul width")?;
-        let m32 = u32_of(m, "matmul m")?;
+        let (m32, k32) = (u32_of(m, "matmul m")?, u32_of(k, "matmul k")?);
         self.run_words(
             "matmul",
             "gemv_vec",
-            Some(("GEMV_M", m32)),
+            &[
+                ("GEMV_M", m32),
+                ("GEMV_K", k32),
+                ("GEMV_COLS", cols),
+                ("GEMV_SEG", plan.seg_chunks),
+            ],
             &[
                 0,
                 m32,
                 u32_of(weight_rows, "matmul n")?,
-                u32_of(k, "matmul k")?,
-                cols,
-                plan.seg_chunks,
+                k32,
                 silu_n,
+                0,
+                0,
                 0,
             ],
             &[(5, &x.buffer), (4, &w.buffer), (3, &result.buffer)],
@@ -1083,7 +1102,7 @@ impl Backend for WgpuBackend {
                 self.run_words(
                     "matmul_default",
                     "gemv_split_vec",
-                    Some(("SPLIT_M", m32)),
+                    &[("SPLIT_M", m32)],
                     &[0, m32, n32, k32],
                     &[(6, &xb.buffer), (4, &w.buffer), (3, &result.buffer)],
                     self.groups(n.div_ceil(DEFAULT_SPLIT_COLS))?,
