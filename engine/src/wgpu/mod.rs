@@ -608,10 +608,11 @@ impl WgpuBackend {
             return Ok(());
         }
         let module = kernel;
-        let mut key_constants: PipelineConstants = [("", 0); 4];
+        let mut key_constants = PipelineConstants::default();
         if constants.len() > key_constants.len() {
             return Err(Error::Device(format!(
-                "{entry}: more than 4 pipeline constants"
+                "{entry}: more than {} pipeline constants",
+                key_constants.len()
             )));
         }
         key_constants[..constants.len()].copy_from_slice(constants);
