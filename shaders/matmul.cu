@@ -43,7 +43,10 @@ __device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
 // pair. Thread (chunk c, group g), chunk-major so that the lanes of a warp share few chunks and
 // their activation loads coincide, adds the chunk's products for every row and column of its
 // group in the contract's order; the partials go to shared memory and one thread per (row,
-// column) combines them in ascending chunk order.
+// column) combines them in ascending chunk order. The host launches at most one wave of blocks,
+// so a block may walk several such column blocks (blockIdx.x, blockIdx.x + gridDim.x, …): it
+// copies x once, and issues the next column block's first weight loads before it combines the
+// current one's partials. Each output is computed the same way whichever block computes it.
 //
 // Weights reach the threads through a stage in shared memory, a pass of PASS weights per task
 // column at a time: PASS / 8 lanes read one column's 2 * PASS contiguous bytes with 16-byte loads
@@ -190,6 +193,45 @@ __device__ __forceinline__ uint4 gemv_weight_load(const unsigned short* p) {
 // is odd). The host mirrors this (GemvKernel::stage_bytes).
 #define GEMV_TASK_UNITS(TASK_COLS, PASS) ((TASK_COLS) * (PASS) / 8 + 1)
 
+// Where the lanes of a GEMV block start on column block `block`: this lane's task (its first
+// column, whether it has one, and its length in K), the weight rows it loads for with their
+// lengths, and the first pass of those loads, issued.
+template <int X_MODE, int UNITS, int TASK_COLS, int LOADS>
+__device__ __forceinline__ void gemv_block_setup(
+    const unsigned short* __restrict__ w, unsigned int n, unsigned int k, unsigned int cols,
+    unsigned int block, unsigned int group, unsigned int c, unsigned int start,
+    unsigned int seg_chunks, unsigned int lane, unsigned int unit, unsigned long long& first_col,
+    bool& active, unsigned int& len, const unsigned short* (&load_w)[LOADS],
+    unsigned int (&load_len)[LOADS], uint4 (&next)[LOADS]) {
+    constexpr int ROWS_PER_LOAD = 32 / UNITS;
+    first_col = (unsigned long long)block * cols + group * TASK_COLS;
+    active = c < seg_chunks && first_col < n;
+    // Weights of this lane's task: `len` from `task_w` in each of its columns' rows (0 for a
+    // lane without a task).
+    len = active ? min(start + DOT_CHUNK, k) - start : 0;
+    const unsigned short* task_w = w + (active ? first_col * k + start : 0);
+#pragma unroll
+    for (int i = 0; i < LOADS; ++i) {
+        unsigned int staged = i * ROWS_PER_LOAD + lane / UNITS;
+        unsigned int task = staged / TASK_COLS;
+        unsigned int t = staged % TASK_COLS;
+        const unsigned short* tw = (const unsigned short*)__shfl_sync(
+            0xffffffffu, (unsigned long long)task_w, task);
+        unsigned long long col = __shfl_sync(0xffffffffu, first_col, task) + t;
+        unsigned int tl = __shfl_sync(0xffffffffu, len, task);
+        load_w[i] = tw + (unsigned long long)t * k;
+        load_len[i] = col < n ? tl : 0;
+    }
+#pragma unroll
+    for (int i = 0; i < LOADS; ++i) {
+        next[i] = make_uint4(0u, 0u, 0u, 0u);
+        unsigned int at = unit * 8;
+        if (at < load_len[i]) {
+            next[i] = gemv_weight_load<X_MODE>(load_w[i] + at);
+        }
+    }
+}
+
 // One task is one chunk of TASK_COLS adjacent columns, so that each activation a lane unpacks is
 // used for TASK_COLS columns. At several rows the one-column task spends four instructions per
 // product, as it unpacks x for each (Nsight on the H100, 2026-11-24, gate/up at 8 rows: 101.6M
@@ -229,147 +271,152 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     uint4* shared_x = gemv_shared + (blockDim.x / 32) * (32 * TASK_UNITS);
     unsigned int lane = threadIdx.x % 32;
     unsigned int unit = lane % UNITS;
-    unsigned long long first_col = (unsigned long long)blockIdx.x * cols + group * TASK_COLS;
-    bool active = c < seg_chunks && first_col < n;
-    // Weights of this lane's task: `len` from `task_w` in each of its columns' rows (0 for a
-    // lane without a task).
-    unsigned int len = active ? min(start + DOT_CHUNK, k) - start : 0;
-    const unsigned short* task_w = w + (active ? first_col * k + start : 0);
+    // A block walks column blocks blockIdx.x, blockIdx.x + gridDim.x, …: one, unless the host
+    // launched fewer blocks than there are column blocks.
+    unsigned int column_blocks = (n + cols - 1) / cols;
+    unsigned int block = blockIdx.x;
+    unsigned long long first_col;
+    bool active;
+    unsigned int len;
     // The weight rows this lane loads for, one per load instruction: row `staged` of the warp's
     // 32 * TASK_COLS is column staged % TASK_COLS of task staged / TASK_COLS.
     const unsigned short* load_w[LOADS];
     unsigned int load_len[LOADS];
-#pragma unroll
-    for (int i = 0; i < LOADS; ++i) {
-        unsigned int staged = i * ROWS_PER_LOAD + lane / UNITS;
-        unsigned int task = staged / TASK_COLS;
-        unsigned int t = staged % TASK_COLS;
-        const unsigned short* tw = (const unsigned short*)__shfl_sync(
-            0xffffffffu, (unsigned long long)task_w, task);
-        unsigned long long col = __shfl_sync(0xffffffffu, first_col, task) + t;
-        unsigned int tl = __shfl_sync(0xffffffffu, len, task);
-        load_w[i] = tw + (unsigned long long)t * k;
-        load_len[i] = col < n ? tl : 0;
-    }
     uint4 next[LOADS];
-#pragma unroll
-    for (int i = 0; i < LOADS; ++i) {
-        next[i] = make_uint4(0u, 0u, 0u, 0u);
-        unsigned int at = unit * 8;
-        if (at < load_len[i]) {
-            next[i] = gemv_weight_load<X_MODE>(load_w[i] + at);
-        }
-    }
+    gemv_block_setup<X_MODE, UNITS, TASK_COLS, LOADS>(w, n, k, cols, block, group, c, start,
+                                                      seg_chunks, lane, unit, first_col, active,
+                                                      len, load_w, load_len, next);
     // Weights are never written by a kernel; x is the prior kernel's output.
     wait_for_prior_grid();
     // After the first weight loads are out, so that their latency and the activations' overlap.
     const void* xs = gemv_activations<X_MODE, X_BATCH>(x, shared_x, m, k, win);
 
-    float acc[GEMV_MAX_ROWS][TASK_COLS];
-#pragma unroll
-    for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-#pragma unroll
-        for (int t = 0; t < TASK_COLS; ++t) {
-            acc[r][t] = 0.0f;
-        }
-    }
-    for (unsigned int pass = 0; pass < DOT_CHUNK; pass += PASS) {
-#pragma unroll
-        for (int i = 0; i < LOADS; ++i) {
-            unsigned int staged = i * ROWS_PER_LOAD + lane / UNITS;
-            unsigned int task = staged / TASK_COLS;
-            unsigned int t = staged % TASK_COLS;
-            mine[task * TASK_UNITS + t * UNITS + unit] = next[i];
-        }
-        __syncwarp();
-        unsigned int after = pass + PASS;
-        if (after < DOT_CHUNK) {
-#pragma unroll
-            for (int i = 0; i < LOADS; ++i) {
-                unsigned int at = after + unit * 8;
-                if (at < load_len[i]) {
-                    next[i] = gemv_weight_load<X_MODE>(load_w[i] + at);
-                }
-            }
-        }
-#pragma unroll
-        for (unsigned int u = 0; u < UNITS; ++u) {
-            unsigned int at = pass + u * 8;
-            if (at < len) {
-                float wv[TASK_COLS][8];
-#pragma unroll
-                for (int t = 0; t < TASK_COLS; ++t) {
-                    unpack_bf16x8(mine[lane * TASK_UNITS + t * UNITS + u], wv[t]);
-                }
-#pragma unroll
-                for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-                    if (r < (int)m) {
-                        float xv[8];
-                        gemv_x8<X_MODE>(xs, r, start + at, k, win, xv);
-#pragma unroll
-                        for (int t = 0; t < TASK_COLS; ++t) {
-                            float a = acc[r][t];
-#pragma unroll
-                            for (int e = 0; e < 8; ++e) {
-                                a = fmaf(xv[e], wv[t][e], a);
-                            }
-                            acc[r][t] = a;
-                        }
-                    }
-                }
-            }
-        }
-        __syncwarp();
-    }
-    // The kernel after this one may be scheduled once every block is here (its blocks then wait
-    // for this grid to finish); earlier, they would take room from this grid's later blocks.
-    allow_dependent_launch();
-    // The partials reuse the stage, once every warp has added its last pass (it holds at least
-    // 32 bytes a task column: GEMV_MAX_ROWS floats for each).
-    __syncthreads();
-    float* partials = reinterpret_cast<float*>(gemv_shared);
-    if (active) {
+    unsigned long long outputs = (unsigned long long)m * n;
+    while (true) {
+        float acc[GEMV_MAX_ROWS][TASK_COLS];
 #pragma unroll
         for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
 #pragma unroll
             for (int t = 0; t < TASK_COLS; ++t) {
-                if (r < (int)m && first_col + t < n) {
-                    partials[(r * cols + group * TASK_COLS + t) * seg_chunks + c] = acc[r][t];
+                acc[r][t] = 0.0f;
+            }
+        }
+        for (unsigned int pass = 0; pass < DOT_CHUNK; pass += PASS) {
+#pragma unroll
+            for (int i = 0; i < LOADS; ++i) {
+                unsigned int staged = i * ROWS_PER_LOAD + lane / UNITS;
+                unsigned int task = staged / TASK_COLS;
+                unsigned int t = staged % TASK_COLS;
+                mine[task * TASK_UNITS + t * UNITS + unit] = next[i];
+            }
+            __syncwarp();
+            unsigned int after = pass + PASS;
+            if (after < DOT_CHUNK) {
+#pragma unroll
+                for (int i = 0; i < LOADS; ++i) {
+                    unsigned int at = after + unit * 8;
+                    if (at < load_len[i]) {
+                        next[i] = gemv_weight_load<X_MODE>(load_w[i] + at);
+                    }
+                }
+            }
+#pragma unroll
+            for (unsigned int u = 0; u < UNITS; ++u) {
+                unsigned int at = pass + u * 8;
+                if (at < len) {
+                    float wv[TASK_COLS][8];
+#pragma unroll
+                    for (int t = 0; t < TASK_COLS; ++t) {
+                        unpack_bf16x8(mine[lane * TASK_UNITS + t * UNITS + u], wv[t]);
+                    }
+#pragma unroll
+                    for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+                        if (r < (int)m) {
+                            float xv[8];
+                            gemv_x8<X_MODE>(xs, r, start + at, k, win, xv);
+#pragma unroll
+                            for (int t = 0; t < TASK_COLS; ++t) {
+                                float a = acc[r][t];
+#pragma unroll
+                                for (int e = 0; e < 8; ++e) {
+                                    a = fmaf(xv[e], wv[t][e], a);
+                                }
+                                acc[r][t] = a;
+                            }
+                        }
+                    }
+                }
+            }
+            __syncwarp();
+        }
+        unsigned int this_block = block;
+        unsigned long long this_first_col = first_col;
+        bool this_active = active;
+        block += gridDim.x;
+        bool more = block < column_blocks;
+        if (more) {
+            // The next column block's first loads go out before this one's partials are combined.
+            gemv_block_setup<X_MODE, UNITS, TASK_COLS, LOADS>(
+                w, n, k, cols, block, group, c, start, seg_chunks, lane, unit, first_col, active,
+                len, load_w, load_len, next);
+        } else {
+            // The kernel after this one may be scheduled once every block is here (its blocks
+            // then wait for this grid to finish); earlier, they would take room from this grid's
+            // later blocks.
+            allow_dependent_launch();
+        }
+        // The partials reuse the stage, once every warp has added its last pass (it holds at
+        // least 32 bytes a task column: GEMV_MAX_ROWS floats for each).
+        __syncthreads();
+        float* partials = reinterpret_cast<float*>(gemv_shared);
+        if (this_active) {
+#pragma unroll
+            for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+#pragma unroll
+                for (int t = 0; t < TASK_COLS; ++t) {
+                    if (r < (int)m && this_first_col + t < n) {
+                        partials[(r * cols + group * TASK_COLS + t) * seg_chunks + c] =
+                            acc[r][t];
+                    }
                 }
             }
         }
-    }
-    __syncthreads();
-    // m * cols can exceed the block's threads (k of one chunk and several rows).
-    unsigned long long outputs = (unsigned long long)m * n;
-    for (unsigned int i = threadIdx.x; i < m * cols; i += blockDim.x) {
-        unsigned int r = i / cols;
-        unsigned int cl = i % cols;
-        unsigned long long jj = (unsigned long long)blockIdx.x * cols + cl;
-        if (jj >= n) {
-            continue;
-        }
-        const float* p = partials + (r * cols + cl) * seg_chunks;
-        unsigned long long o = (unsigned long long)r * n + jj;
-        if (SEGMENTED && blockIdx.y > 0) {
-            // A later segment: the partial of each of its chunks, for matmul_split_combine_*
-            // (value 1 + chunk - segment; value 0 is the first segment's running total).
-            for (unsigned int cc = 0; cc < seg_chunks; ++cc) {
-                split[(seg_first + cc - segment + 1) * outputs + o] = p[cc];
+        __syncthreads();
+        // m * cols can exceed the block's threads (k of one chunk and several rows).
+        for (unsigned int i = threadIdx.x; i < m * cols; i += blockDim.x) {
+            unsigned int r = i / cols;
+            unsigned int cl = i % cols;
+            unsigned long long jj = (unsigned long long)this_block * cols + cl;
+            if (jj >= n) {
+                continue;
             }
-            continue;
+            const float* p = partials + (r * cols + cl) * seg_chunks;
+            unsigned long long o = (unsigned long long)r * n + jj;
+            if (SEGMENTED && blockIdx.y > 0) {
+                // A later segment: the partial of each of its chunks, for matmul_split_combine_*
+                // (value 1 + chunk - segment; value 0 is the first segment's running total).
+                for (unsigned int cc = 0; cc < seg_chunks; ++cc) {
+                    split[(seg_first + cc - segment + 1) * outputs + o] = p[cc];
+                }
+                continue;
+            }
+            float total = 0.0f;
+            for (unsigned int cc = 0; cc < seg_chunks; ++cc) {
+                total = combine_chunk_partials(total, p[cc]);
+            }
+            if (SEGMENTED && gridDim.y > 1) {
+                split[o] = total;
+            } else if (BF16_OUT) {
+                ((unsigned short*)out)[o] = (unsigned short)round_bf16_bits(total);
+            } else {
+                ((float*)out)[o] = total;
+            }
         }
-        float total = 0.0f;
-        for (unsigned int cc = 0; cc < seg_chunks; ++cc) {
-            total = combine_chunk_partials(total, p[cc]);
+        if (!more) {
+            break;
         }
-        if (SEGMENTED && gridDim.y > 1) {
-            split[o] = total;
-        } else if (BF16_OUT) {
-            ((unsigned short*)out)[o] = (unsigned short)round_bf16_bits(total);
-        } else {
-            ((float*)out)[o] = total;
-        }
+        // The next column block's stores to the stage wait until every partial is read.
+        __syncthreads();
     }
 }
 
