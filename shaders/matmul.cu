@@ -428,7 +428,7 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
 #define GEMV_NARROW_BOUNDS __launch_bounds__(GEMV_THREADS, GEMV_NARROW_BLOCKS)
 #define GEMV_WIDE_BOUNDS __launch_bounds__(GEMV_THREADS)
 
-// x: bf16 bits [m, k]; out: f32 or bf16 bits [m, n]. Blocks (column block, K segment of
+// x: bf16 bits [m, k]; out: f32 or bf16 bits [m, n]. Blocks (column blocks walked, K segment of
 // `segment` chunks): with one segment they write out; with several, `split` receives the values
 // that matmul_split_combine_* combines into out (see matmul_gemv_body). X_BATCH: loads in flight
 // per thread while x is copied to shared memory (4 under the narrow pass's register cap, where 8

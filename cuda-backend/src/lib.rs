@@ -285,6 +285,8 @@ pub struct CudaBackend {
     gemv_occupancy: Mutex<HashMap<(usize, u32, usize), usize>>,
     description: String,
     attention_path: AttentionPath,
+    /// At most this many blocks in a one-segment GEMV launch, where set (tests); else one wave.
+    gemv_max_blocks: Option<usize>,
     /// Recently uploaded index arrays and their device copies, most recent last.
     recent_indices: Mutex<Vec<IndexUpload>>,
 }
@@ -652,6 +654,7 @@ impl CudaBackend {
                 "cuda:{ordinal} {name} ({arch}, {sm_count} SMs), {mode:?} kernels"
             ),
             attention_path: AttentionPath::Auto,
+            gemv_max_blocks: None,
             recent_indices: Mutex::new(Vec::new()),
         })
     }
@@ -664,6 +667,12 @@ impl CudaBackend {
     /// shapes give the same bits).
     pub fn set_attention_path(&mut self, path: AttentionPath) {
         self.attention_path = path;
+    }
+
+    /// Caps the blocks of a one-segment GEMV launch below one wave (tests use this to check that
+    /// blocks walking any number of column blocks give the same bits); `None` restores one wave.
+    pub fn set_gemv_max_blocks(&mut self, cap: Option<usize>) {
+        self.gemv_max_blocks = cap;
     }
 
     /// Waits for all queued work (for timing).
@@ -937,7 +946,8 @@ impl CudaBackend {
             let column_blocks = n.div_ceil(cols);
             let blocks = if segments == 1 {
                 let wave = self.gemv_blocks_per_sm(f, threads, shared)?.max(1) * self.sm_count;
-                column_blocks.min(wave)
+                let cap = self.gemv_max_blocks.unwrap_or(wave).max(1);
+                column_blocks.min(wave).min(cap)
             } else {
                 column_blocks
             };

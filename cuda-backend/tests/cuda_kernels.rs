@@ -69,6 +69,24 @@ fn attention_launch_shapes_agree_bitwise() {
     }
 }
 
+/// GEMV blocks walk several column blocks when the launch has fewer blocks than column blocks;
+/// every cap, down to one block for a whole matmul, gives the cpu's bits.
+#[test]
+fn gemv_block_counts_agree_bitwise() {
+    let Some(mut b) = backend(KernelMode::Invariant) else {
+        return;
+    };
+    let cpu = ditto_engine::cpu::CpuBackend::new();
+    for cap in [Some(1), Some(3), Some(7), None] {
+        b.set_gemv_max_blocks(cap);
+        let mut rng = conformance::Rng::new(8);
+        assert_pass(
+            &format!("matmul with GEMV blocks capped at {cap:?}"),
+            conformance::check_matmul(&b, &cpu, &mut rng, true),
+        );
+    }
+}
+
 #[test]
 fn numerics_probe_matches_contract() {
     let Some(b) = backend(KernelMode::Invariant) else {
