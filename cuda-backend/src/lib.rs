@@ -945,7 +945,7 @@ impl CudaBackend {
             // way and keep a block per column block and segment.
             let column_blocks = n.div_ceil(cols);
             let blocks = if segments == 1 {
-                let wave = self.gemv_blocks_per_sm(f, threads, shared)?.max(1) * self.sm_count;
+                let wave = self.gemv_blocks_per_sm(f, threads, shared)? * self.sm_count;
                 let cap = self.gemv_max_blocks.unwrap_or(wave).max(1);
                 column_blocks.min(wave).min(cap)
             } else {
@@ -1055,7 +1055,7 @@ impl CudaBackend {
             let per_sm =
                 self.gemv_blocks_per_sm(f, threads, kernel.stage_bytes(threads) + x_bytes)?;
             let blocks = n.div_ceil(groups * kernel.task_cols) * segments;
-            Ok(blocks as f64 / (per_sm.max(1) * self.sm_count) as f64)
+            Ok(blocks as f64 / (per_sm * self.sm_count) as f64)
         };
         let every_block = (1..=widest)
             .rev()
@@ -1077,7 +1077,8 @@ impl CudaBackend {
     }
 
     /// Blocks of GEMV kernel `f` an SM holds at `threads` threads and `dynamic_shared` bytes of
-    /// dynamic shared memory, from the driver's occupancy calculator (asked once per key).
+    /// dynamic shared memory, from the driver's occupancy calculator (asked once per key); at
+    /// least 1, so that callers may divide by it (a block that fits nowhere fails at launch).
     fn gemv_blocks_per_sm(
         &self,
         f: &CudaFunction,
@@ -1095,7 +1096,8 @@ impl CudaBackend {
         }
         let b = f
             .occupancy_max_active_blocks_per_multiprocessor(threads, dynamic_shared, None)
-            .map_err(device_err("GEMV occupancy"))? as usize;
+            .map_err(device_err("GEMV occupancy"))?
+            .max(1) as usize;
         if let Ok(mut c) = self.gemv_occupancy.lock() {
             c.insert(key, b);
         }
