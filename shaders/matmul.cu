@@ -239,7 +239,15 @@ __device__ __forceinline__ void gemv_block_setup(
 // the weights again for every row rather than hold 32 floats). Over a layer's GEMVs two columns
 // a task were as fast as four at 4 and 8 rows and faster at 2; weights staged unpacked to f32
 // gave a compiled loop of fewer instructions but no speed (docs/results/2026-11-24-h100-session6).
-template <bool BF16_OUT, int PASS, int X_MODE, int TASK_COLS, int X_BATCH, bool SEGMENTED>
+//
+// M is the row count when the kernel is compiled for one (m must then equal it), or 0 for any m
+// up to GEMV_MAX_ROWS. With m known only at run time every row's products sat behind a branch,
+// and the compiler unpacked the weights again inside each (SASS, H100 2026-11-24); compiled for
+// M rows the body has no branch per row. H100, 2026-11-24: one row, every GEMV at 92-97% of its
+// read ceiling against 82-92% (tg128 145 -> 155 tokens/s); 8 rows, gate/up 132 -> 101 µs (tg8@8
+// 715 -> 819).
+template <bool BF16_OUT, int PASS, int X_MODE, int TASK_COLS, int X_BATCH, bool SEGMENTED,
+          int M>
 __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restrict__ x,
                                                  const unsigned short* __restrict__ w,
                                                  void* __restrict__ out,
@@ -251,6 +259,8 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     // A warp stages 32 * TASK_COLS weight rows a pass, 32 / UNITS of them per load instruction.
     constexpr int ROWS_PER_LOAD = 32 / UNITS;
     constexpr int LOADS = 32 * TASK_COLS / ROWS_PER_LOAD;
+    constexpr int ROWS = M > 0 ? M : GEMV_MAX_ROWS;
+    static_assert(ROWS <= GEMV_MAX_ROWS, "at most GEMV_MAX_ROWS rows");
     // UNITS >= 2 leaves the stage room for the partials that reuse it.
     static_assert(UNITS >= 2 && 32 % UNITS == 0, "a pass is 2 to 32 whole units");
     // Dynamic shared memory: each warp's stage, then x (where X_MODE puts it there).
@@ -293,9 +303,9 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
 
     unsigned long long outputs = (unsigned long long)m * n;
     while (true) {
-        float acc[GEMV_MAX_ROWS][TASK_COLS];
+        float acc[ROWS][TASK_COLS];
 #pragma unroll
-        for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+        for (int r = 0; r < ROWS; ++r) {
 #pragma unroll
             for (int t = 0; t < TASK_COLS; ++t) {
                 acc[r][t] = 0.0f;
@@ -330,8 +340,8 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
                         unpack_bf16x8(mine[lane * TASK_UNITS + t * UNITS + u], wv[t]);
                     }
 #pragma unroll
-                    for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-                        if (r < (int)m) {
+                    for (int r = 0; r < ROWS; ++r) {
+                        if (M > 0 || r < (int)m) {
                             float xv[8];
                             gemv_x8<X_MODE>(xs, r, start + at, k, win, xv);
 #pragma unroll
@@ -371,10 +381,10 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
         float* partials = reinterpret_cast<float*>(gemv_shared);
         if (this_active) {
 #pragma unroll
-            for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+            for (int r = 0; r < ROWS; ++r) {
 #pragma unroll
                 for (int t = 0; t < TASK_COLS; ++t) {
-                    if (r < (int)m && this_first_col + t < n) {
+                    if ((M > 0 || r < (int)m) && this_first_col + t < n) {
                         partials[(r * cols + group * TASK_COLS + t) * seg_chunks + c] =
                             acc[r][t];
                     }
@@ -428,30 +438,41 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
 #define GEMV_NARROW_BOUNDS __launch_bounds__(GEMV_THREADS, GEMV_NARROW_BLOCKS)
 #define GEMV_WIDE_BOUNDS __launch_bounds__(GEMV_THREADS)
 
-// x: bf16 bits [m, k]; out: f32 or bf16 bits [m, n]. Blocks (column blocks walked, K segment of
-// `segment` chunks): with one segment they write out; with several, `split` receives the values
-// that matmul_split_combine_* combines into out (see matmul_gemv_body). X_BATCH: loads in flight
-// per thread while x is copied to shared memory (4 under the narrow pass's register cap, where 8
-// spill). Only SEGMENTED kernels may be launched with more than one segment.
-#define GEMV_KERNEL(NAME, BOUNDS, PASS, X_MODE, TASK_COLS, X_BATCH, SEGMENTED)                    \
+// x: bf16 bits [m, k], with m equal to M where M > 0; out: f32 or bf16 bits [m, n]. Blocks
+// (column blocks walked, K segment of `segment` chunks): with one segment they write out; with
+// several, `split` receives the values that matmul_split_combine_* combines into out (see
+// matmul_gemv_body). X_BATCH: loads in flight per thread while x is copied to shared memory (4
+// under the narrow pass's register cap, where 8 spill). Only SEGMENTED kernels may be launched
+// with more than one segment.
+#define GEMV_KERNEL(NAME, BOUNDS, PASS, X_MODE, TASK_COLS, X_BATCH, SEGMENTED, M)                 \
     extern "C" __global__ void BOUNDS NAME##_f32(                                                \
         const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,             \
         float* __restrict__ out, float* __restrict__ split, unsigned int m, unsigned int n,     \
         unsigned int k, unsigned int cols, unsigned int segment) {                              \
-        matmul_gemv_body<false, PASS, X_MODE, TASK_COLS, X_BATCH, SEGMENTED>(                   \
+        matmul_gemv_body<false, PASS, X_MODE, TASK_COLS, X_BATCH, SEGMENTED, M>(                \
             x, w, out, split, m, n, k, cols, segment);                                          \
     }                                                                                            \
     extern "C" __global__ void BOUNDS NAME##_bf16(                                               \
         const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,             \
         unsigned short* __restrict__ out, float* __restrict__ split, unsigned int m,            \
         unsigned int n, unsigned int k, unsigned int cols, unsigned int segment) {              \
-        matmul_gemv_body<true, PASS, X_MODE, TASK_COLS, X_BATCH, SEGMENTED>(                    \
+        matmul_gemv_body<true, PASS, X_MODE, TASK_COLS, X_BATCH, SEGMENTED, M>(                 \
             x, w, out, split, m, n, k, cols, segment);                                          \
     }
-GEMV_KERNEL(matmul_gemv, GEMV_NARROW_BOUNDS, 32, GEMV_X_BF16, 1, 4, false)
-GEMV_KERNEL(matmul_gemv_wide, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8, false)
-GEMV_KERNEL(matmul_gemv_global_x, GEMV_NARROW_BOUNDS, 32, GEMV_X_GLOBAL, 1, 1, false)
-GEMV_KERNEL(matmul_gemv_rows, GEMV_WIDE_BOUNDS, 32, GEMV_X_BF16, 2, 8, true)
+// One row: the 32- and 64-wide passes, compiled for one row. Any rows: x from global memory.
+// Several rows: two-column tasks, one kernel per row count (matmul_gemv_rows2 to _rows8).
+GEMV_KERNEL(matmul_gemv, GEMV_NARROW_BOUNDS, 32, GEMV_X_BF16, 1, 4, false, 1)
+GEMV_KERNEL(matmul_gemv_wide, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8, false, 1)
+GEMV_KERNEL(matmul_gemv_global_x, GEMV_NARROW_BOUNDS, 32, GEMV_X_GLOBAL, 1, 1, false, 0)
+#define GEMV_ROWS_KERNEL(M) \
+    GEMV_KERNEL(matmul_gemv_rows##M, GEMV_WIDE_BOUNDS, 32, GEMV_X_BF16, 2, 8, true, M)
+GEMV_ROWS_KERNEL(2)
+GEMV_ROWS_KERNEL(3)
+GEMV_ROWS_KERNEL(4)
+GEMV_ROWS_KERNEL(5)
+GEMV_ROWS_KERNEL(6)
+GEMV_ROWS_KERNEL(7)
+GEMV_ROWS_KERNEL(8)
 
 // Any k: one thread per (output column j, chunk c), c fastest, writing chunk-major
 // partials[c * m * n + r * n + j]; matmul_split_combine_* combines them.

@@ -65,7 +65,8 @@ enum GemvX {
 
 /// A GEMV kernel pair (`GEMV_KERNEL` in matmul.cu: `{name}_f32` and `{name}_bf16`): its pass
 /// of weights per task, its columns per task, where it reads x from, and whether it may be
-/// launched with K in segments.
+/// launched with K in segments. A kernel `per_row_count` is compiled once for each row count
+/// from 2 to 8, as `{name}{m}_f32` and `{name}{m}_bf16`.
 #[derive(Clone, Copy, Debug)]
 struct GemvKernel {
     name: &'static str,
@@ -73,6 +74,7 @@ struct GemvKernel {
     task_cols: usize,
     x: GemvX,
     segmented: bool,
+    per_row_count: bool,
 }
 
 impl GemvKernel {
@@ -89,6 +91,23 @@ impl GemvKernel {
             task_cols,
             x,
             segmented,
+            per_row_count: false,
+        }
+    }
+
+    const fn per_row_count(self) -> Self {
+        GemvKernel {
+            per_row_count: true,
+            ..self
+        }
+    }
+
+    /// The entry point for `m` rows and output `dtype` ("f32" or "bf16").
+    fn entry_point(&self, m: usize, dtype: &str) -> String {
+        if self.per_row_count {
+            format!("{}{m}_{dtype}", self.name)
+        } else {
+            format!("{}_{dtype}", self.name)
         }
     }
 
@@ -112,17 +131,18 @@ impl GemvKernel {
 }
 
 /// The GEMV kernels by role. One row: the 64-wide pass with x unpacked to f32 in shared memory,
-/// or the 32-wide pass with x as bf16 where the f32 copy does not fit, or x from global memory.
+/// or the 32-wide pass with x as bf16 where the f32 copy does not fit (both compiled for one
+/// row), or x from global memory (any rows).
 const GEMV_ONE_ROW: [GemvKernel; 3] = [
     GemvKernel::new("matmul_gemv_wide", 64, 1, GemvX::SharedF32, false),
     GemvKernel::new("matmul_gemv", 32, 1, GemvX::SharedBf16, false),
     GemvKernel::new("matmul_gemv_global_x", 32, 1, GemvX::Global, false),
 ];
-/// Several rows: tasks of two columns with x as bf16 in shared memory, or x from global memory
-/// in one-column tasks. (Two-column tasks with x from global memory, and x copies over 64 KB,
-/// were measured no faster on the H100, 2026-11-24.)
+/// Several rows: tasks of two columns with x as bf16 in shared memory, compiled for each row
+/// count, or x from global memory in one-column tasks. (Two-column tasks with x from global
+/// memory, and x copies over 64 KB, were measured no faster on the H100, 2026-11-24.)
 const GEMV_ROWS: [GemvKernel; 2] = [
-    GemvKernel::new("matmul_gemv_rows", 32, 2, GemvX::SharedBf16, true),
+    GemvKernel::new("matmul_gemv_rows", 32, 2, GemvX::SharedBf16, true).per_row_count(),
     GEMV_ONE_ROW[2],
 ];
 
@@ -378,8 +398,20 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "matmul_gemv_wide_bf16",
             "matmul_gemv_global_x_f32",
             "matmul_gemv_global_x_bf16",
-            "matmul_gemv_rows_f32",
-            "matmul_gemv_rows_bf16",
+            "matmul_gemv_rows2_f32",
+            "matmul_gemv_rows2_bf16",
+            "matmul_gemv_rows3_f32",
+            "matmul_gemv_rows3_bf16",
+            "matmul_gemv_rows4_f32",
+            "matmul_gemv_rows4_bf16",
+            "matmul_gemv_rows5_f32",
+            "matmul_gemv_rows5_bf16",
+            "matmul_gemv_rows6_f32",
+            "matmul_gemv_rows6_bf16",
+            "matmul_gemv_rows7_f32",
+            "matmul_gemv_rows7_bf16",
+            "matmul_gemv_rows8_f32",
+            "matmul_gemv_rows8_bf16",
             "matmul_chunk_partials",
             "matmul_gemm_f32",
             "matmul_gemm_bf16",
@@ -906,8 +938,8 @@ impl CudaBackend {
             let (kernel, segment) = self.gemv_plan(m, k);
             let segments = chunks.div_ceil(segment);
             let name = match &*out {
-                Buf::F32(_) => format!("{}_f32", kernel.name),
-                Buf::Bf16(_) => format!("{}_bf16", kernel.name),
+                Buf::F32(_) => kernel.entry_point(m, "f32"),
+                Buf::Bf16(_) => kernel.entry_point(m, "bf16"),
             };
             let f = self.func(&name)?;
             let x_bytes = kernel.x_bytes(m, k, segment);
@@ -966,8 +998,10 @@ impl CudaBackend {
             // kernel's columns per task and its (cols / task_cols) * segment tasks run on at
             // most GEMV_THREADS threads (its __launch_bounds__); xb holds m*k, w n*k and out m*n
             // elements, and split (null with one segment, which never touches it) values*m*n;
-            // m <= GEMV_MAX_ROWS, k is a multiple of 8 (16-byte rows) with at most GEMV_THREADS
-            // chunks, as the kernel needs. Its dynamic shared memory is the weight stage for
+            // m <= GEMV_MAX_ROWS, and m is the row count the kernel was compiled for where it
+            // was compiled for one (one row for GEMV_ONE_ROW's first two, which gemv_plan picks
+            // only at m = 1; m itself for a per_row_count kernel's entry point); k is a multiple
+            // of 8 (16-byte rows) with at most GEMV_THREADS chunks, as the kernel needs. Its dynamic shared memory is the weight stage for
             // `threads` (stage_bytes, mirroring GEMV_TASK_UNITS) followed by the copy of x's
             // segment (x_bytes), within what gemv_dynamic_shared_budget opted it in to
             // (gemv_plan checks). Any number of blocks from 1 to the column blocks covers every
@@ -2086,7 +2120,28 @@ impl Drop for CudaBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::last_write_of_slot;
+    use super::{last_write_of_slot, ENTRY_POINTS, GEMV_MAX_ROWS, GEMV_ONE_ROW, GEMV_ROWS};
+
+    /// The GEMV launch names its kernel by row count; each such name must be loaded.
+    #[test]
+    fn every_gemv_entry_point_is_loaded() {
+        let loaded = ENTRY_POINTS
+            .iter()
+            .find(|(family, _)| *family == "matmul")
+            .expect("the matmul family")
+            .1;
+        let uses = GEMV_ONE_ROW.iter().map(|g| (g, 1)).chain(
+            GEMV_ROWS
+                .iter()
+                .flat_map(|g| (2..=GEMV_MAX_ROWS).map(move |m| (g, m))),
+        );
+        for (g, m) in uses {
+            for dtype in ["f32", "bf16"] {
+                let name = g.entry_point(m, dtype);
+                assert!(loaded.contains(&name.as_str()), "{name} is not loaded");
+            }
+        }
+    }
 
     #[test]
     fn a_slot_named_twice_keeps_its_last_row() {
