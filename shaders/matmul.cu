@@ -460,19 +460,22 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
             x, w, out, split, m, n, k, cols, segment);                                          \
     }
 // One row: the 32- and 64-wide passes, compiled for one row. Any rows: x from global memory.
-// Several rows: two-column tasks, one kernel per row count (matmul_gemv_rows2 to _rows8).
 GEMV_KERNEL(matmul_gemv, GEMV_NARROW_BOUNDS, 32, GEMV_X_BF16, 1, 4, false, 1)
 GEMV_KERNEL(matmul_gemv_wide, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8, false, 1)
 GEMV_KERNEL(matmul_gemv_global_x, GEMV_NARROW_BOUNDS, 32, GEMV_X_GLOBAL, 1, 1, false, 0)
-#define GEMV_ROWS_KERNEL(M) \
-    GEMV_KERNEL(matmul_gemv_rows##M, GEMV_WIDE_BOUNDS, 32, GEMV_X_BF16, 2, 8, true, M)
-GEMV_ROWS_KERNEL(2)
-GEMV_ROWS_KERNEL(3)
-GEMV_ROWS_KERNEL(4)
-GEMV_ROWS_KERNEL(5)
-GEMV_ROWS_KERNEL(6)
-GEMV_ROWS_KERNEL(7)
-GEMV_ROWS_KERNEL(8)
+// Several rows, one kernel per row count (GEMV_ROWS_BY_COUNT on the host mirrors these): the
+// 64-wide pass in one-column tasks, with x as f32 at 2 and 3 rows and as bf16 at 4 to 7 (where
+// f32 would leave one block an SM), and at 8 rows the 32-wide pass in two-column tasks, which
+// spends fewer instructions a product. Each was the fastest measured at its row count over a
+// layer's GEMVs on the H100 (2026-11-24): at 4 rows the 64-wide pass took q/k/v, o, gate/up and
+// down from 206 to 176 µs; at 8 it took 252 against the 32-wide pass's 224.
+GEMV_KERNEL(matmul_gemv_rows2, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8, true, 2)
+GEMV_KERNEL(matmul_gemv_rows3, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8, true, 3)
+GEMV_KERNEL(matmul_gemv_rows4, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 8, true, 4)
+GEMV_KERNEL(matmul_gemv_rows5, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 8, true, 5)
+GEMV_KERNEL(matmul_gemv_rows6, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 8, true, 6)
+GEMV_KERNEL(matmul_gemv_rows7, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 8, true, 7)
+GEMV_KERNEL(matmul_gemv_rows8, GEMV_WIDE_BOUNDS, 32, GEMV_X_BF16, 2, 8, true, 8)
 
 // Any k: one thread per (output column j, chunk c), c fastest, writing chunk-major
 // partials[c * m * n + r * n + j]; matmul_split_combine_* combines them.

@@ -65,8 +65,7 @@ enum GemvX {
 
 /// A GEMV kernel pair (`GEMV_KERNEL` in matmul.cu: `{name}_f32` and `{name}_bf16`): its pass
 /// of weights per task, its columns per task, where it reads x from, and whether it may be
-/// launched with K in segments. A kernel `per_row_count` is compiled once for each row count
-/// from 2 to 8, as `{name}{m}_f32` and `{name}{m}_bf16`.
+/// launched with K in segments.
 #[derive(Clone, Copy, Debug)]
 struct GemvKernel {
     name: &'static str,
@@ -74,7 +73,6 @@ struct GemvKernel {
     task_cols: usize,
     x: GemvX,
     segmented: bool,
-    per_row_count: bool,
 }
 
 impl GemvKernel {
@@ -91,23 +89,6 @@ impl GemvKernel {
             task_cols,
             x,
             segmented,
-            per_row_count: false,
-        }
-    }
-
-    const fn per_row_count(self) -> Self {
-        GemvKernel {
-            per_row_count: true,
-            ..self
-        }
-    }
-
-    /// The entry point for `m` rows and output `dtype` ("f32" or "bf16").
-    fn entry_point(&self, m: usize, dtype: &str) -> String {
-        if self.per_row_count {
-            format!("{}{m}_{dtype}", self.name)
-        } else {
-            format!("{}_{dtype}", self.name)
         }
     }
 
@@ -138,12 +119,18 @@ const GEMV_ONE_ROW: [GemvKernel; 3] = [
     GemvKernel::new("matmul_gemv", 32, 1, GemvX::SharedBf16, false),
     GemvKernel::new("matmul_gemv_global_x", 32, 1, GemvX::Global, false),
 ];
-/// Several rows: tasks of two columns with x as bf16 in shared memory, compiled for each row
-/// count, or x from global memory in one-column tasks. (Two-column tasks with x from global
-/// memory, and x copies over 64 KB, were measured no faster on the H100, 2026-11-24.)
-const GEMV_ROWS: [GemvKernel; 2] = [
-    GemvKernel::new("matmul_gemv_rows", 32, 2, GemvX::SharedBf16, true).per_row_count(),
-    GEMV_ONE_ROW[2],
+/// Several rows: the kernel compiled for the row count (2 to 8, in order; matmul.cu says why
+/// each), with K in segments where its copy of x does not fit, else x from global memory in
+/// one-column tasks. (Two-column tasks with x from global memory, and x copies over 64 KB, were
+/// measured no faster on the H100, 2026-11-24.)
+const GEMV_ROWS_BY_COUNT: [GemvKernel; GEMV_MAX_ROWS - 1] = [
+    GemvKernel::new("matmul_gemv_rows2", 64, 1, GemvX::SharedF32, true),
+    GemvKernel::new("matmul_gemv_rows3", 64, 1, GemvX::SharedF32, true),
+    GemvKernel::new("matmul_gemv_rows4", 64, 1, GemvX::SharedBf16, true),
+    GemvKernel::new("matmul_gemv_rows5", 64, 1, GemvX::SharedBf16, true),
+    GemvKernel::new("matmul_gemv_rows6", 64, 1, GemvX::SharedBf16, true),
+    GemvKernel::new("matmul_gemv_rows7", 64, 1, GemvX::SharedBf16, true),
+    GemvKernel::new("matmul_gemv_rows8", 32, 2, GemvX::SharedBf16, true),
 ];
 
 /// Mirror `GEMM_BM`, `GEMM_BN`, `GEMM_THREADS` and `GEMM_TOTALS_BYTES` in matmul.cu.
@@ -938,8 +925,8 @@ impl CudaBackend {
             let (kernel, segment) = self.gemv_plan(m, k);
             let segments = chunks.div_ceil(segment);
             let name = match &*out {
-                Buf::F32(_) => kernel.entry_point(m, "f32"),
-                Buf::Bf16(_) => kernel.entry_point(m, "bf16"),
+                Buf::F32(_) => format!("{}_f32", kernel.name),
+                Buf::Bf16(_) => format!("{}_bf16", kernel.name),
             };
             let f = self.func(&name)?;
             let x_bytes = kernel.x_bytes(m, k, segment);
@@ -999,9 +986,9 @@ impl CudaBackend {
             // most GEMV_THREADS threads (its __launch_bounds__); xb holds m*k, w n*k and out m*n
             // elements, and split (null with one segment, which never touches it) values*m*n;
             // m <= GEMV_MAX_ROWS, and m is the row count the kernel was compiled for where it
-            // was compiled for one (one row for GEMV_ONE_ROW's first two, which gemv_plan picks
-            // only at m = 1; m itself for a per_row_count kernel's entry point); k is a multiple
-            // of 8 (16-byte rows) with at most GEMV_THREADS chunks, as the kernel needs. Its dynamic shared memory is the weight stage for
+            // was compiled for one (gemv_plan picks GEMV_ONE_ROW's first two only at m = 1, and
+            // GEMV_ROWS_BY_COUNT's kernel for m); k is a multiple of 8 (16-byte rows) with at
+            // most GEMV_THREADS chunks, as the kernel needs. Its dynamic shared memory is the weight stage for
             // `threads` (stage_bytes, mirroring GEMV_TASK_UNITS) followed by the copy of x's
             // segment (x_bytes), within what gemv_dynamic_shared_budget opted it in to
             // (gemv_plan checks). Any number of blocks from 1 to the column blocks covers every
@@ -1033,7 +1020,8 @@ impl CudaBackend {
     }
 
     /// The GEMV kernel for `m` rows of `k`, and the chunks of each of its K segments: the first
-    /// of its role's list (`GEMV_ONE_ROW`, `GEMV_ROWS`) whose copy of x is within
+    /// of its role's list (`GEMV_ONE_ROW`; for several rows `GEMV_ROWS_BY_COUNT`'s kernel for m,
+    /// then x from global memory) whose copy of x is within
     /// `GEMV_SHARED_X_MAX` and, with its widest stage, within the device's shared memory: all of
     /// x (one segment), or for a kernel that takes segments (the several-row one; at one row
     /// they measured slower, H100 2026-11-24), segments as long as fit, as few as can be, of
@@ -1044,7 +1032,13 @@ impl CudaBackend {
             let x = g.x_bytes(m, k, segment);
             x <= GEMV_SHARED_X_MAX && g.stage_bytes(GEMV_THREADS) + x <= self.gemv_shared_max
         };
-        let list: &[GemvKernel] = if m == 1 { &GEMV_ONE_ROW } else { &GEMV_ROWS };
+        let rows;
+        let list: &[GemvKernel] = if m == 1 {
+            &GEMV_ONE_ROW
+        } else {
+            rows = [GEMV_ROWS_BY_COUNT[m - 2], GEMV_ONE_ROW[2]];
+            &rows
+        };
         for g in list {
             if g.x == GemvX::Global || fits(g, chunks) {
                 return (*g, chunks);
@@ -2120,9 +2114,9 @@ impl Drop for CudaBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::{last_write_of_slot, ENTRY_POINTS, GEMV_MAX_ROWS, GEMV_ONE_ROW, GEMV_ROWS};
+    use super::{last_write_of_slot, ENTRY_POINTS, GEMV_ONE_ROW, GEMV_ROWS_BY_COUNT};
 
-    /// The GEMV launch names its kernel by row count; each such name must be loaded.
+    /// Every GEMV kernel the launch may pick is loaded, in both output types.
     #[test]
     fn every_gemv_entry_point_is_loaded() {
         let loaded = ENTRY_POINTS
@@ -2130,14 +2124,9 @@ mod tests {
             .find(|(family, _)| *family == "matmul")
             .expect("the matmul family")
             .1;
-        let uses = GEMV_ONE_ROW.iter().map(|g| (g, 1)).chain(
-            GEMV_ROWS
-                .iter()
-                .flat_map(|g| (2..=GEMV_MAX_ROWS).map(move |m| (g, m))),
-        );
-        for (g, m) in uses {
+        for g in GEMV_ONE_ROW.iter().chain(&GEMV_ROWS_BY_COUNT) {
             for dtype in ["f32", "bf16"] {
-                let name = g.entry_point(m, dtype);
+                let name = format!("{}_{dtype}", g.name);
                 assert!(loaded.contains(&name.as_str()), "{name} is not loaded");
             }
         }
