@@ -985,8 +985,8 @@ impl CudaBackend {
             // m <= GEMV_MAX_ROWS, and m is the row count the kernel was compiled for where it
             // was compiled for one (gemv_plan picks GEMV_ONE_ROW's first two only at m = 1, and
             // GEMV_ROWS_BY_COUNT's kernel for m); k is a multiple of 8 (16-byte rows) with at
-            // most GEMV_THREADS chunks, as the kernel needs. Its dynamic shared memory is the weight stage for
-            // `threads` (stage_bytes, mirroring GEMV_TASK_UNITS) followed by the copy of x's
+            // most GEMV_THREADS chunks, as the kernel needs. Its dynamic shared memory is the
+            // weight stage for `threads` (stage_bytes, mirroring GEMV_TASK_UNITS) followed by the copy of x's
             // segment (x_bytes), within what gemv_dynamic_shared_budget opted it in to
             // (gemv_plan checks). Any number of blocks from 1 to the column blocks covers every
             // column (block b walks column blocks b, b + gridDim.x, …), and no block waits for
@@ -1033,7 +1033,12 @@ impl CudaBackend {
         let list: &[GemvKernel] = if m == 1 {
             &GEMV_ONE_ROW
         } else {
-            rows = [GEMV_ROWS_BY_COUNT[m - 2], GEMV_ONE_ROW[2]];
+            // Callers keep m <= GEMV_MAX_ROWS; x from global memory takes any such m.
+            let by_count = m
+                .checked_sub(2)
+                .and_then(|i| GEMV_ROWS_BY_COUNT.get(i))
+                .copied();
+            rows = [by_count.unwrap_or(GEMV_ONE_ROW[2]), GEMV_ONE_ROW[2]];
             &rows
         };
         for g in list {
@@ -1056,7 +1061,7 @@ impl CudaBackend {
     /// The down projection of Qwen3-8B at one row (48 chunks) in blocks of 5 columns ran 820
     /// blocks, 3.1 waves of the 264 the H100 holds, the last one a tenth full; 4 columns make 3.9
     /// waves (H100, 2026-11-23: tg128 124.2 -> 126.2 tokens/s). The blocks compared:
-    /// - one-column tasks (one row) whose widest block makes two waves or more: that block and
+    /// - one-column tasks (1 to 7 rows) whose widest block makes two waves or more: that block and
     ///   one group fewer. Over many waves a fuller last wave is worth less than a wide block:
     ///   every block size of four warps or more made the output head 22% slower and gate/up 8%
     ///   (H100, 2026-11-24);
