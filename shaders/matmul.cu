@@ -239,6 +239,8 @@ __device__ __forceinline__ void gemv_block_setup(
 // the weights again for every row rather than hold 32 floats). Over a layer's GEMVs two columns
 // a task were as fast as four at 4 and 8 rows and faster at 2; weights staged unpacked to f32
 // gave a compiled loop of fewer instructions but no speed (docs/results/2026-11-24-h100-session6).
+// Those figures are from kernels that took m at run time (below): compiled per row count, the
+// 64-wide pass in one-column tasks is the faster one from 2 to 7 rows (the kernel list says why).
 //
 // M is the row count when the kernel is compiled for one (m must then equal it), or 0 for any m
 // up to GEMV_MAX_ROWS. With m known only at run time every row's products sat behind a branch,

@@ -986,11 +986,11 @@ impl CudaBackend {
             // was compiled for one (gemv_plan picks GEMV_ONE_ROW's first two only at m = 1, and
             // GEMV_ROWS_BY_COUNT's kernel for m); k is a multiple of 8 (16-byte rows) with at
             // most GEMV_THREADS chunks, as the kernel needs. Its dynamic shared memory is the
-            // weight stage for `threads` (stage_bytes, mirroring GEMV_TASK_UNITS) followed by the copy of x's
-            // segment (x_bytes), within what gemv_dynamic_shared_budget opted it in to
-            // (gemv_plan checks). Any number of blocks from 1 to the column blocks covers every
-            // column (block b walks column blocks b, b + gridDim.x, …), and no block waits for
-            // another. The kernel waits for the prior grid before it reads x or writes out or
+            // weight stage for `threads` (stage_bytes, mirroring GEMV_TASK_UNITS) followed by
+            // the copy of x's segment (x_bytes), within what gemv_dynamic_shared_budget opted it
+            // in to (gemv_plan checks). Any number of blocks from 1 to the column blocks covers
+            // every column (block b walks column blocks b, b + gridDim.x, …), and no block waits
+            // for another. The kernel waits for the prior grid before it reads x or writes out or
             // split, as an overlapped launch requires.
             unsafe { self.launch_overlapping(f, cfg, args, "matmul gemv") }?;
             if let Some(split) = split {
