@@ -215,7 +215,7 @@ fn embedding<B: Backend>(b: &B) {
 
 fn rms_norm<B: Backend>(b: &B) {
     let mut rng = Rng::new(3);
-    for dim in [1, 64, 255, 256, 257, 576, 4096, 12289] {
+    for dim in [1, 64, 255, 256, 257, 576, 4096, 4099, 12289, 16384] {
         let rows = 12;
         let mut x = activations(&mut rng, 2 * dim);
         // One all-zero row: the sum is +0 and the scale rsqrt(eps).
@@ -246,7 +246,14 @@ fn rms_norm<B: Backend>(b: &B) {
 /// The residual add fused with the next RMSNorm gives the bits of the two separate steps.
 fn add_rms_norm<B: Backend>(b: &B) {
     let mut rng = Rng::new(13);
-    for (rows, dim) in [(1, 4096), (3, 576), (2, 257), (5, 12289)] {
+    for (rows, dim) in [
+        (1, 4096),
+        (3, 576),
+        (2, 257),
+        (3, 4099),
+        (5, 12289),
+        (2, 16384),
+    ] {
         let x = activations(&mut rng, rows * dim);
         let y = activations(&mut rng, rows * dim);
         let w = rng.bf16s(dim, 2.0);

@@ -41,7 +41,7 @@ const GEMV_MAX_ROWS: usize = 8;
 const SHARED_BYTES: usize = 48 * 1024;
 /// Index arrays whose device copies are kept for reuse (see `upload_indices`).
 const RECENT_INDEX_UPLOADS: usize = 8;
-/// Threads of an RMSNorm block: one group of `RMS_GROUP` (rms_norm.cu) elements per thread for
+/// Threads of an RMSNorm block: one group of `RMS_GROUP_ELEMENTS` (rms_norm.cu) per thread for
 /// rows up to 8192 wide, so that the row stays in registers.
 const RMS_THREADS: u32 = 1024;
 /// Mirrors `RMS_CHUNK_PAD` in rms_norm.cu.
@@ -375,7 +375,7 @@ pub fn list_devices() -> Result<Vec<String>> {
 /// The extern "C" entry points of each kernel family.
 const ENTRY_POINTS: &[(&str, &[&str])] = &[
     ("embedding", &["embedding"]),
-    ("rms_norm", &["rms_norm"]),
+    ("rms_norm", &["rms_norm", "rms_norm_vec4"]),
     (
         "matmul",
         &[
@@ -872,7 +872,21 @@ impl CudaBackend {
         let (Buf::F32(ref mut o), Some(ref mut rounded)) = (&mut out.buf, &mut out.rounded) else {
             unreachable!("f32_output_rounded is f32 with a rounding")
         };
-        let f = self.func("rms_norm")?;
+        let at = |ptr: u64, bytes: u64| ptr.is_multiple_of(bytes);
+        let f32_at = |t: &CudaSlice<f32>| at(t.device_ptr(&self.stream).0, 16);
+        let vec4 = dim.is_multiple_of(4)
+            && f32_at(x.f32s("rms_norm")?)
+            && f32_at(o)
+            && at(
+                weight.bf16s("rms_norm weight")?.device_ptr(&self.stream).0,
+                8,
+            )
+            && at(rounded.device_ptr(&self.stream).0, 8)
+            && match (residual, &sum) {
+                (Some(r), Some(s)) => f32_at(r.f32s("residual")?) && f32_at(s.f32s("sum")?),
+                _ => true,
+            };
+        let f = self.func(if vec4 { "rms_norm_vec4" } else { "rms_norm" })?;
         let args = RawArgs::default().buf(x.f32s("rms_norm")?, &self.stream);
         let args = match (residual, &sum) {
             (
@@ -898,12 +912,13 @@ impl CudaBackend {
             block_dim: (RMS_THREADS, 1, 1),
             shared_mem_bytes: shared as u32,
         };
-        // SAFETY: rms_norm(const float* x, const float* residual, float* sum_out, const unsigned
-        // short* weight, float* out, unsigned short* rounded, unsigned int dim, float eps,
-        // inv_dim, unsigned int staged); residual and sum_out are both null (never read or
-        // written) or both rows*dim long, as are x, out and rounded; weight holds dim; one
-        // block per row with one shared float per chunk, plus the padded chunks when staged;
-        // it waits for the prior grid first.
+        // SAFETY: rms_norm and rms_norm_vec4(const float* x, const float* residual, float*
+        // sum_out, const unsigned short* weight, float* out, unsigned short* rounded, unsigned
+        // int dim, float eps, inv_dim, unsigned int staged); residual and sum_out are both null
+        // (never read or written) or both rows*dim long, as are x, out and rounded; weight holds
+        // dim; the vec4 kernel only where dim is a multiple of 4 and every buffer aligned as it
+        // needs (checked above); one block per row with one shared float per chunk, plus the
+        // padded chunks when staged; it waits for the prior grid first.
         unsafe { self.launch_overlapping(f, cfg, args, "rms_norm") }?;
         Ok((sum, out))
     }
