@@ -102,8 +102,9 @@ __device__ __forceinline__ float rms_apply(float v, float r, unsigned short weig
 // Elements travel in units of VEC consecutive values (one 16-byte load of x at VEC 4, which the
 // host picks where dim is a multiple of 4 and the buffers are aligned for it). One block does a
 // whole row on one SM, so its instructions queue at that SM's schedulers: one element at a time,
-// a row of 4096 took 20.7 thousand instructions, issued at 1.75 a cycle for 7.5 µs; four at a
-// time, 11.7 thousand (Nsight Compute on the H100, 2026-11-24; tg128 160.2 -> 164.0 tokens/s).
+// a row of 4096 took 20.7 thousand instructions, issued at 1.75 a cycle (9.8 µs a call); four at
+// a time, 11.7 thousand (7.3 µs; Nsight Compute on the H100, 2026-11-24; tg128 160.2 -> 164.0
+// tokens/s).
 // Cutting the row into slices, a block each, with every block repeating the chain, was no
 // faster: the block then waits on its chain and round trips, not on issue.
 #define RMS_GROUP_ELEMENTS 8
