@@ -634,9 +634,7 @@ __device__ __forceinline__ void gemm_write(void* __restrict__ out, const float* 
         }
         if (vec4 && c + 4 <= n) {
             if (BF16) {
-                *reinterpret_cast<uint2*>((unsigned short*)out + o) =
-                    make_uint2(round_bf16_bits(s[0]) | (round_bf16_bits(s[1]) << 16),
-                               round_bf16_bits(s[2]) | (round_bf16_bits(s[3]) << 16));
+                *reinterpret_cast<uint2*>((unsigned short*)out + o) = round_pack_bf16x4(s);
             } else {
                 *reinterpret_cast<float4*>((float*)out + o) = make_float4(s[0], s[1], s[2], s[3]);
             }

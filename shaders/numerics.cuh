@@ -156,6 +156,13 @@ __device__ __forceinline__ float combine_chunk_partials(float total, float parti
     return total + partial;
 }
 
+// Four values rounded to bf16 and packed in 8 bytes, element 0 in the low half of `x` (the
+// layout unpack_bf16x8 reads).
+__device__ __forceinline__ uint2 round_pack_bf16x4(const float v[4]) {
+    return make_uint2(round_bf16_bits(v[0]) | (round_bf16_bits(v[1]) << 16),
+                      round_bf16_bits(v[2]) | (round_bf16_bits(v[3]) << 16));
+}
+
 // Eight bf16 values packed in 16 bytes (little-endian: element 0 is the low half of `x`).
 __device__ __forceinline__ void unpack_bf16x8(uint4 v, float out[8]) {
     out[0] = __uint_as_float(v.x << 16);

@@ -158,17 +158,12 @@ __device__ __forceinline__ void rms_load_weights(const unsigned short* p,
 // The unit's outputs rounded to bf16 bits.
 template <int VEC>
 __device__ __forceinline__ void rms_store_rounded(unsigned short* p, const float (&y)[VEC]) {
-    unsigned int b[VEC];
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-        b[j] = round_bf16_bits(y[j]);
-    }
     if (VEC == 4) {
-        *reinterpret_cast<uint2*>(p) = make_uint2(b[0] | (b[1] << 16), b[2] | (b[3] << 16));
+        *reinterpret_cast<uint2*>(p) = round_pack_bf16x4(y);
     } else {
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            p[j] = (unsigned short)b[j];
+            p[j] = (unsigned short)round_bf16_bits(y[j]);
         }
     }
 }
