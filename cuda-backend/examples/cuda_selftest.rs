@@ -57,6 +57,7 @@ fn main() {
     for path in [
         AttentionPath::Auto,
         AttentionPath::Fused,
+        AttentionPath::Staged,
         AttentionPath::Split,
     ] {
         b.set_attention_path(path);

@@ -151,9 +151,10 @@ const GEMM_SPLIT_UNITS_PER_BYTE: f64 = 1.0 / 40.0e6;
 const GEMM_SPLIT_UNITS_FIXED: f64 = 0.2;
 /// Largest scratch a split GEMM may take.
 const GEMM_SPLIT_MAX_BYTES: usize = 512 << 20;
-/// Mirrors `ATTN_THREADS`/`ATTN_MAX_HEAD_DIM` in attention.cu.
+/// Mirrors `ATTN_THREADS`/`ATTN_MAX_HEAD_DIM`/`ATTN_STAGE_PAD` in attention.cu.
 const ATTN_THREADS: u32 = 256;
 const ATTN_MAX_HEAD_DIM: usize = 256;
+const ATTN_STAGE_PAD: usize = 8;
 /// Mirrors `SPLITKV_WARPS` in attention_default.cu.
 const SPLITKV_THREADS: u32 = 4 * 32;
 
@@ -214,6 +215,9 @@ pub enum AttentionPath {
     Auto,
     /// One thread block per (query, head), walking every KV block.
     Fused,
+    /// As `Fused`, each KV block's rows first copied to shared memory, where head_dim is a
+    /// multiple of 8 and the copy fits (else `Fused`).
+    Staged,
     /// One thread block per (query, head, KV block), then an ordered merge.
     Split,
 }
@@ -282,14 +286,16 @@ pub struct CudaBackend {
     sm_count: usize,
     /// The dynamic shared memory a GEMV block may use on this device.
     gemv_shared_max: usize,
+    /// The dynamic shared memory a block of `attention_fused_staged` may use on this device.
+    attention_stage_max: usize,
     /// Whether the decode kernels are launched to overlap the kernel before them (programmatic
     /// dependent launch: compute capability 9.0 and later). Measured on the H100 (2026-11-23):
     /// tg128 122.1 -> 125.8 tokens/s with the GEMVs launched this way, 126.0 -> 130.5 with every
     /// decode kernel.
     overlap_launches: bool,
-    /// Blocks per SM of a GEMV kernel by (kernel handle, threads, dynamic shared memory), from
-    /// the driver's occupancy calculator: asked once per key, not on every call.
-    gemv_occupancy: Mutex<HashMap<(usize, u32, usize), usize>>,
+    /// Blocks per SM of a kernel by (kernel handle, threads, dynamic shared memory), from the
+    /// driver's occupancy calculator: asked once per key, not on every call.
+    occupancy: Mutex<HashMap<(usize, u32, usize), usize>>,
     description: String,
     attention_path: AttentionPath,
     /// At most this many blocks in a one-segment GEMV launch, where set (tests); else one wave.
@@ -416,6 +422,7 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
         "attention",
         &[
             "attention_fused",
+            "attention_fused_staged",
             "attention_block_partials",
             "attention_merge_partials",
         ],
@@ -429,32 +436,33 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// The dynamic shared memory every GEMV kernel may use on this device (its weight stage and x's
-/// copy), having opted each of them in to that much (over the 48 KB a block gets by default).
-fn gemv_dynamic_shared_budget(
+/// The dynamic shared memory every kernel that `chosen` names may use on this device (a GEMV's
+/// weight stage and x's copy; staged attention's KV rows), having opted each of them in to that
+/// much (over the 48 KB a block gets by default).
+fn dynamic_shared_budget(
     ctx: &CudaContext,
     functions: &HashMap<&'static str, CudaFunction>,
+    chosen: impl Fn(&str) -> bool,
 ) -> Result<usize> {
     use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
     let per_block = ctx
         .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
         .map_err(device_err("shared memory per block"))?
         .max(0) as usize;
-    let gemv = |name: &str| name.starts_with("matmul_gemv");
     let mut budget = per_block;
-    for (name, f) in functions.iter().filter(|(name, _)| gemv(name)) {
+    for (name, f) in functions.iter().filter(|(name, _)| chosen(name)) {
         let fixed = f
             .get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
             .map_err(device_err(&format!("{name} shared memory")))?
             .max(0) as usize;
         budget = budget.min(per_block.saturating_sub(fixed));
     }
-    for (_, f) in functions.iter().filter(|(name, _)| gemv(name)) {
+    for (name, f) in functions.iter().filter(|(name, _)| chosen(name)) {
         f.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             budget as i32,
         )
-        .map_err(device_err("GEMV shared memory"))?;
+        .map_err(device_err(&format!("{name} shared memory")))?;
     }
     Ok(budget)
 }
@@ -650,7 +658,10 @@ impl CudaBackend {
                 functions.insert(*entry, f);
             }
         }
-        let gemv_shared_max = gemv_dynamic_shared_budget(&ctx, &functions)?;
+        let gemv_shared_max =
+            dynamic_shared_budget(&ctx, &functions, |name| name.starts_with("matmul_gemv"))?;
+        let attention_stage_max =
+            dynamic_shared_budget(&ctx, &functions, |name| name == "attention_fused_staged")?;
         let blas = if mode == KernelMode::Default {
             Some(
                 CudaBlas::new(stream.clone())
@@ -667,8 +678,9 @@ impl CudaBackend {
             blas,
             sm_count,
             gemv_shared_max,
+            attention_stage_max,
             overlap_launches: major >= 9,
-            gemv_occupancy: Mutex::new(HashMap::new()),
+            occupancy: Mutex::new(HashMap::new()),
             description: format!(
                 "cuda:{ordinal} {name} ({arch}, {sm_count} SMs), {mode:?} kernels"
             ),
@@ -979,7 +991,7 @@ impl CudaBackend {
             // segment's blocks walk its column blocks): the down projection at 2, 4 and 8 rows
             // 52.7 -> 48.3, 59.6 -> 54.6 and 70.5 -> 64.7 µs, tg8@2, @4 and @8 2% faster.
             let column_blocks = n.div_ceil(cols);
-            let wave = self.gemv_blocks_per_sm(f, threads, shared)? * self.sm_count;
+            let wave = self.blocks_per_sm(f, threads, shared)? * self.sm_count;
             let cap = self.gemv_max_blocks.unwrap_or(wave).max(1);
             let blocks = column_blocks.min(wave.div_ceil(segments)).min(cap);
             let cfg = LaunchConfig {
@@ -1002,7 +1014,7 @@ impl CudaBackend {
             // GEMV_ROWS_BY_COUNT's kernel for m); k is a multiple of 8 (16-byte rows) with at
             // most GEMV_THREADS chunks, as the kernel needs. Its dynamic shared memory is the
             // weight stage for `threads` (stage_bytes, mirroring GEMV_TASK_UNITS) followed by
-            // the copy of x's segment (x_bytes), within what gemv_dynamic_shared_budget opted it
+            // the copy of x's segment (x_bytes), within what dynamic_shared_budget opted it
             // in to (gemv_plan checks). Any number of blocks from 1 to the column blocks covers
             // every column (block b walks column blocks b, b + gridDim.x, …), and no block waits
             // for another. The kernel waits for the prior grid before it reads x or writes out or
@@ -1097,8 +1109,7 @@ impl CudaBackend {
         // Waves of blocks of `groups` column groups.
         let waves = |groups: usize| -> Result<f64> {
             let threads = gemv_block_threads(groups, chunks);
-            let per_sm =
-                self.gemv_blocks_per_sm(f, threads, kernel.stage_bytes(threads) + x_bytes)?;
+            let per_sm = self.blocks_per_sm(f, threads, kernel.stage_bytes(threads) + x_bytes)?;
             let blocks = n.div_ceil(groups * kernel.task_cols) * segments;
             Ok(blocks as f64 / (per_sm * self.sm_count) as f64)
         };
@@ -1121,10 +1132,10 @@ impl CudaBackend {
         Ok(best.1 * kernel.task_cols)
     }
 
-    /// Blocks of GEMV kernel `f` an SM holds at `threads` threads and `dynamic_shared` bytes of
+    /// Blocks of kernel `f` an SM holds at `threads` threads and `dynamic_shared` bytes of
     /// dynamic shared memory, from the driver's occupancy calculator (asked once per key); at
     /// least 1, so that callers may divide by it (a block that fits nowhere fails at launch).
-    fn gemv_blocks_per_sm(
+    fn blocks_per_sm(
         &self,
         f: &CudaFunction,
         threads: u32,
@@ -1132,7 +1143,7 @@ impl CudaBackend {
     ) -> Result<usize> {
         let key = (f.cu_function() as usize, threads, dynamic_shared);
         if let Some(b) = self
-            .gemv_occupancy
+            .occupancy
             .lock()
             .ok()
             .and_then(|c| c.get(&key).copied())
@@ -1141,9 +1152,9 @@ impl CudaBackend {
         }
         let b = f
             .occupancy_max_active_blocks_per_multiprocessor(threads, dynamic_shared, None)
-            .map_err(device_err("GEMV occupancy"))?
+            .map_err(device_err("occupancy"))?
             .max(1) as usize;
-        if let Ok(mut c) = self.gemv_occupancy.lock() {
+        if let Ok(mut c) = self.occupancy.lock() {
             c.insert(key, b);
         }
         Ok(b)
@@ -2000,14 +2011,35 @@ impl Backend for CudaBackend {
         let items: usize = blocks_per_row.iter().sum();
         let scratch_bytes = items * g.heads * (g.head_dim + 2) * 4;
         let split = match self.attention_path {
-            AttentionPath::Fused => false,
+            AttentionPath::Fused | AttentionPath::Staged => false,
             AttentionPath::Split => true,
             AttentionPath::Auto => {
                 items > n_work && n_work * g.heads < 4 * self.sm_count && scratch_bytes <= 256 << 20
             }
         };
+        // Staged (decode): where every block runs at once, each block's copy of its KV rows
+        // costs no occupancy that another block was waiting for.
+        let stage_rows = max_len.min(ATTN_BLOCK);
+        let stage_bytes = stage_rows * (4 * g.head_dim + 2 * ATTN_STAGE_PAD);
+        let stage_fits = g.head_dim.is_multiple_of(8) && stage_bytes <= self.attention_stage_max;
+        let staged = !split
+            && stage_fits
+            && match self.attention_path {
+                AttentionPath::Staged => true,
+                AttentionPath::Fused | AttentionPath::Split => false,
+                AttentionPath::Auto => {
+                    let f = self.func("attention_fused_staged")?;
+                    n_work * g.heads
+                        <= self.blocks_per_sm(f, ATTN_THREADS, stage_bytes)? * self.sm_count
+                }
+            };
         if !split {
-            let f = self.func("attention_fused")?;
+            let (name, shared_bytes) = if staged {
+                ("attention_fused_staged", stage_bytes)
+            } else {
+                ("attention_fused", 0)
+            };
+            let f = self.func(name)?;
             let args = RawArgs::default()
                 .buf(qs, &self.stream)
                 .buf(kc, &self.stream)
@@ -2020,18 +2052,22 @@ impl Backend for CudaBackend {
                 .f32(scale)
                 .buf(d_work.as_ref(), &self.stream)
                 .buf(o, &self.stream)
-                .buf(rounded, &self.stream);
+                .buf(rounded, &self.stream)
+                .u32(u32_arg(stage_rows, "stage rows")?);
             let cfg = LaunchConfig {
                 grid_dim: (heads, n_work32, 1),
                 block_dim: (ATTN_THREADS, 1, 1),
-                shared_mem_bytes: 0,
+                shared_mem_bytes: u32_arg(shared_bytes, "attention stage")?,
             };
-            // SAFETY: attention_fused(q, k_cache, v_cache, block_table, heads, kv_heads,
-            // head_dim, page_size, scale, work, out, rounded) as declared in attention.cu; out
-            // and rounded hold rows*heads*head_dim;
-            // check_attention bounded every page and row, head_dim <= ATTN_MAX_HEAD_DIM; it waits
-            // for the prior grid first.
-            unsafe { self.launch_overlapping(f, cfg, args, "attention_fused") }?;
+            // SAFETY: attention_fused and attention_fused_staged(q, k_cache, v_cache,
+            // block_table, heads, kv_heads, head_dim, page_size, scale, work, out, rounded,
+            // stage_rows) as declared in attention.cu; out and rounded hold
+            // rows*heads*head_dim; check_attention bounded every page and row, head_dim <=
+            // ATTN_MAX_HEAD_DIM; both wait for the prior grid first. Staged: head_dim is a
+            // multiple of 8 (with whole allocations as caches, every row and stage piece is
+            // 16-byte aligned), every block holds at most stage_rows positions, and shared_bytes
+            // is the stage's size, within what the kernel was opted in to.
+            unsafe { self.launch_overlapping(f, cfg, args, name) }?;
             return Ok(out);
         }
         if items > 65535 {

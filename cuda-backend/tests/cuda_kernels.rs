@@ -59,7 +59,11 @@ fn attention_launch_shapes_agree_bitwise() {
         return;
     };
     let cpu = ditto_engine::cpu::CpuBackend::new();
-    for path in [AttentionPath::Fused, AttentionPath::Split] {
+    for path in [
+        AttentionPath::Fused,
+        AttentionPath::Staged,
+        AttentionPath::Split,
+    ] {
         b.set_attention_path(path);
         let mut rng = conformance::Rng::new(7);
         assert_pass(
