@@ -148,10 +148,10 @@ __device__ __forceinline__ void attn_fold_max_warp0(const float* p, unsigned int
     const unsigned int end = min(begin + per_lane, n);
     // -inf changes no max_step result (a later -inf is not greater; an earlier one is passed over
     // by anything greater, and by an equal -inf of the same bits).
-    float acc = -__uint_as_float(0x7f800000u);
+    float acc = __uint_as_float(F32_SIGN | F32_EXPONENT);
     bool nan = false;
     for (unsigned int i = begin; i < end; ++i) {
-        nan |= (__float_as_uint(p[i]) << 1) > 0xff000000u;
+        nan |= (__float_as_uint(p[i]) & F32_ABS) > F32_EXPONENT;
         acc = max_step(acc, p[i]);
     }
     for (unsigned int offset = 1; offset < 32; offset <<= 1) {
