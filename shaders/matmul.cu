@@ -188,58 +188,24 @@ __device__ __forceinline__ uint4 gemv_weight_load(const unsigned short* p) {
     return __ldcg(reinterpret_cast<const uint4*>(p));
 }
 
-// Where a SILU GEMV keeps the sums of the column blocks it walks: after x's copy (the sizes
-// gemv_activations writes), m * cols floats a walk.
-template <int X_MODE>
-__device__ __forceinline__ float* gemv_silu_sums(uint4* shared_x, unsigned int m,
-                                                 GemvXWindow win) {
-    unsigned int x_units = X_MODE == GEMV_X_F32    ? m * (win.width / 4 + win.chunks)
-                           : X_MODE == GEMV_X_BF16 ? m * win.width / 8
-                                                   : 0;
-    return reinterpret_cast<float*>(shared_x + x_units);
-}
-
 // Units of 16 bytes a warp stages per pass for one task: TASK_COLS weight rows of PASS / 8 units,
 // and one unit of padding, so that lanes reading their own tasks hit distinct banks (the stride
 // is odd). The host mirrors this (GemvKernel::stage_bytes).
 #define GEMV_TASK_UNITS(TASK_COLS, PASS) ((TASK_COLS) * (PASS) / 8 + 1)
 
-// The weight row of local column `local` of column block `block`, and the end of the run of
-// rows it lies in (a row at or past it is no column). Plain GEMVs take the block's `cols`
-// consecutive rows. SILU GEMVs read a stacked gate/up projection (gate rows from 0, up rows from
-// n / 2): a block's first cols / 2 columns are gate rows and the rest the up rows of the same
-// outputs, so that one block holds both sums of each output (matmul_gemv_body writes silu(gate) ·
-// up). The host keeps cols / 2 a multiple of TASK_COLS, so that no task straddles the halves.
-template <bool SILU>
-__device__ __forceinline__ unsigned long long gemv_weight_row(unsigned int block,
-                                                              unsigned int local,
-                                                              unsigned int cols, unsigned int n,
-                                                              unsigned long long& end) {
-    if (!SILU) {
-        end = n;
-        return (unsigned long long)block * cols + local;
-    }
-    unsigned int half = cols / 2;
-    unsigned int pairs = n / 2;
-    unsigned long long pair = (unsigned long long)block * half + local % half;
-    bool up = local >= half;
-    end = up ? n : pairs;
-    return pair >= pairs ? n : pair + (up ? pairs : 0);
-}
-
 // Where the lanes of a GEMV block start on column block `block`: this lane's task (its first
 // column, whether it has one, and its length in K), the weight rows it loads for with their
 // lengths, and the first pass of those loads, issued.
-template <int X_MODE, int UNITS, int TASK_COLS, int LOADS, bool SILU>
+template <int X_MODE, int UNITS, int TASK_COLS, int LOADS>
 __device__ __forceinline__ void gemv_block_setup(
     const unsigned short* __restrict__ w, unsigned int n, unsigned int k, unsigned int cols,
     unsigned int block, unsigned int group, unsigned int c, unsigned int start,
     unsigned int seg_chunks, unsigned int lane, unsigned int unit, unsigned long long& first_col,
-    unsigned long long& end, bool& active, unsigned int& len, const unsigned short* (&load_w)[LOADS],
+    bool& active, unsigned int& len, const unsigned short* (&load_w)[LOADS],
     unsigned int (&load_len)[LOADS], uint4 (&next)[LOADS]) {
     constexpr int ROWS_PER_LOAD = 32 / UNITS;
-    first_col = gemv_weight_row<SILU>(block, group * TASK_COLS, cols, n, end);
-    active = c < seg_chunks && first_col < end;
+    first_col = (unsigned long long)block * cols + group * TASK_COLS;
+    active = c < seg_chunks && first_col < n;
     // Weights of this lane's task: `len` from `task_w` in each of its columns' rows (0 for a
     // lane without a task).
     len = active ? min(start + DOT_CHUNK, k) - start : 0;
@@ -252,10 +218,9 @@ __device__ __forceinline__ void gemv_block_setup(
         const unsigned short* tw = (const unsigned short*)__shfl_sync(
             0xffffffffu, (unsigned long long)task_w, task);
         unsigned long long col = __shfl_sync(0xffffffffu, first_col, task) + t;
-        unsigned long long col_end = __shfl_sync(0xffffffffu, end, task);
         unsigned int tl = __shfl_sync(0xffffffffu, len, task);
         load_w[i] = tw + (unsigned long long)t * k;
-        load_len[i] = col < col_end ? tl : 0;
+        load_len[i] = col < n ? tl : 0;
     }
 #pragma unroll
     for (int i = 0; i < LOADS; ++i) {
@@ -283,25 +248,14 @@ __device__ __forceinline__ void gemv_block_setup(
 // M rows the body has no branch per row. H100, 2026-11-24: one row, every GEMV at 92-97% of its
 // read ceiling against 82-92% (tg128 145 -> 155 tokens/s); 8 rows, gate/up 132 -> 101 µs (tg8@8
 // 715 -> 819).
-//
-// SILU: w is a stacked gate/up projection of n rows (gate_up in the contract), and out (f32) and
-// rounded (its bf16 bits) receive silu(gate) · up, n / 2 values a row, as silu_mul computes them
-// from the plain GEMV's output: the same sums, then the same steps. Folding silu into the GEMV
-// spares a launch a layer and the round trip of the gate/up sums. A block keeps the sums of every
-// column block it walks in shared memory after x (the host sizes it: m * cols floats a walk) and
-// applies silu to all of them once, at its end: applied after each column block, silu's latency
-// (a few hundred cycles of dependent steps, while the block's weights wait) made decode 2% slower
-// (H100, 2026-11-24).
-template <bool BF16_OUT, int PASS, int X_MODE, int TASK_COLS, int X_BATCH, bool SEGMENTED, int M,
-          bool SILU>
+template <bool BF16_OUT, int PASS, int X_MODE, int TASK_COLS, int X_BATCH, bool SEGMENTED,
+          int M>
 __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restrict__ x,
                                                  const unsigned short* __restrict__ w,
                                                  void* __restrict__ out,
-                                                 float* __restrict__ split,
-                                                 unsigned short* __restrict__ rounded,
-                                                 unsigned int m, unsigned int n, unsigned int k,
+                                                 float* __restrict__ split, unsigned int m,
+                                                 unsigned int n, unsigned int k,
                                                  unsigned int cols, unsigned int segment) {
-    static_assert(!(SILU && (SEGMENTED || BF16_OUT)), "silu · up: f32 out, one K segment");
     constexpr int UNITS = PASS / 8;
     constexpr int TASK_UNITS = GEMV_TASK_UNITS(TASK_COLS, PASS);
     // A warp stages 32 * TASK_COLS weight rows a pass, 32 / UNITS of them per load instruction.
@@ -334,7 +288,6 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     unsigned int column_blocks = (n + cols - 1) / cols;
     unsigned int block = blockIdx.x;
     unsigned long long first_col;
-    unsigned long long end;
     bool active;
     unsigned int len;
     // The weight rows this lane loads for, one per load instruction: row `staged` of the warp's
@@ -342,10 +295,9 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     const unsigned short* load_w[LOADS];
     unsigned int load_len[LOADS];
     uint4 next[LOADS];
-    gemv_block_setup<X_MODE, UNITS, TASK_COLS, LOADS, SILU>(w, n, k, cols, block, group, c,
-                                                            start, seg_chunks, lane, unit,
-                                                            first_col, end, active, len, load_w,
-                                                            load_len, next);
+    gemv_block_setup<X_MODE, UNITS, TASK_COLS, LOADS>(w, n, k, cols, block, group, c, start,
+                                                      seg_chunks, lane, unit, first_col, active,
+                                                      len, load_w, load_len, next);
     // Weights are never written by a kernel; x is the prior kernel's output.
     wait_for_prior_grid();
     // After the first weight loads are out, so that their latency and the activations' overlap.
@@ -411,15 +363,14 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
         }
         unsigned int this_block = block;
         unsigned long long this_first_col = first_col;
-        unsigned long long this_end = end;
         bool this_active = active;
         block += gridDim.x;
         bool more = block < column_blocks;
         if (more) {
             // The next column block's first loads go out before this one's partials are combined.
-            gemv_block_setup<X_MODE, UNITS, TASK_COLS, LOADS, SILU>(
-                w, n, k, cols, block, group, c, start, seg_chunks, lane, unit, first_col, end,
-                active, len, load_w, load_len, next);
+            gemv_block_setup<X_MODE, UNITS, TASK_COLS, LOADS>(
+                w, n, k, cols, block, group, c, start, seg_chunks, lane, unit, first_col, active,
+                len, load_w, load_len, next);
         } else {
             // The kernel after this one may be scheduled once every block is here (its blocks
             // then wait for this grid to finish); earlier, they would take room from this grid's
@@ -435,7 +386,7 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
             for (int r = 0; r < ROWS; ++r) {
 #pragma unroll
                 for (int t = 0; t < TASK_COLS; ++t) {
-                    if ((M > 0 || r < (int)m) && this_first_col + t < this_end) {
+                    if ((M > 0 || r < (int)m) && this_first_col + t < n) {
                         partials[(r * cols + group * TASK_COLS + t) * seg_chunks + c] =
                             acc[r][t];
                     }
@@ -447,9 +398,8 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
         for (unsigned int i = threadIdx.x; i < m * cols; i += blockDim.x) {
             unsigned int r = i / cols;
             unsigned int cl = i % cols;
-            unsigned long long jj_end;
-            unsigned long long jj = gemv_weight_row<SILU>(this_block, cl, cols, n, jj_end);
-            if (jj >= jj_end) {
+            unsigned long long jj = (unsigned long long)this_block * cols + cl;
+            if (jj >= n) {
                 continue;
             }
             const float* p = partials + (r * cols + cl) * seg_chunks;
@@ -466,10 +416,7 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
             for (unsigned int cc = 0; cc < seg_chunks; ++cc) {
                 total = combine_chunk_partials(total, p[cc]);
             }
-            if (SILU) {
-                unsigned int walk = (this_block - blockIdx.x) / gridDim.x;
-                gemv_silu_sums<X_MODE>(shared_x, m, win)[(walk * m + r) * cols + cl] = total;
-            } else if (SEGMENTED && gridDim.y > 1) {
+            if (SEGMENTED && gridDim.y > 1) {
                 split[o] = total;
             } else if (BF16_OUT) {
                 ((unsigned short*)out)[o] = (unsigned short)round_bf16_bits(total);
@@ -482,29 +429,6 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
         }
         // The next column block's stores to the stage wait until every partial is read.
         __syncthreads();
-    }
-    if (SILU) {
-        __syncthreads();
-        const float* silu_sums = gemv_silu_sums<X_MODE>(shared_x, m, win);
-        unsigned int walks = (column_blocks - blockIdx.x + gridDim.x - 1) / gridDim.x;
-        unsigned int half = cols / 2;
-        unsigned int pairs = n / 2;
-        for (unsigned int i = threadIdx.x; i < walks * m * half; i += blockDim.x) {
-            unsigned int wr = i / half;
-            unsigned int cl = i % half;
-            unsigned int r = wr % m;
-            unsigned long long pair =
-                ((unsigned long long)blockIdx.x + (unsigned long long)(wr / m) * gridDim.x) * half +
-                cl;
-            if (pair < pairs) {
-                float gate = silu_sums[wr * cols + cl];
-                float up = silu_sums[wr * cols + cl + half];
-                float y = mul_rn(contract_silu(gate), up);
-                unsigned long long o = (unsigned long long)r * pairs + pair;
-                ((float*)out)[o] = y;
-                rounded[o] = (unsigned short)round_bf16_bits(y);
-            }
-        }
     }
 }
 
@@ -527,22 +451,15 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
         const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,             \
         float* __restrict__ out, float* __restrict__ split, unsigned int m, unsigned int n,     \
         unsigned int k, unsigned int cols, unsigned int segment) {                              \
-        matmul_gemv_body<false, PASS, X_MODE, TASK_COLS, X_BATCH, SEGMENTED, M, false>(         \
-            x, w, out, split, nullptr, m, n, k, cols, segment);                                 \
+        matmul_gemv_body<false, PASS, X_MODE, TASK_COLS, X_BATCH, SEGMENTED, M>(                \
+            x, w, out, split, m, n, k, cols, segment);                                          \
     }                                                                                            \
     extern "C" __global__ void BOUNDS NAME##_bf16(                                               \
         const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,             \
         unsigned short* __restrict__ out, float* __restrict__ split, unsigned int m,            \
         unsigned int n, unsigned int k, unsigned int cols, unsigned int segment) {              \
-        matmul_gemv_body<true, PASS, X_MODE, TASK_COLS, X_BATCH, SEGMENTED, M, false>(          \
-            x, w, out, split, nullptr, m, n, k, cols, segment);                                 \
-    }                                                                                            \
-    extern "C" __global__ void BOUNDS NAME##_silu(                                               \
-        const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,             \
-        float* __restrict__ out, unsigned short* __restrict__ rounded, unsigned int m,          \
-        unsigned int n, unsigned int k, unsigned int cols, unsigned int segment) {              \
-        matmul_gemv_body<false, PASS, X_MODE, TASK_COLS, X_BATCH, false, M, true>(              \
-            x, w, out, nullptr, rounded, m, n, k, cols, segment);                               \
+        matmul_gemv_body<true, PASS, X_MODE, TASK_COLS, X_BATCH, SEGMENTED, M>(                 \
+            x, w, out, split, m, n, k, cols, segment);                                          \
     }
 // One row: the 32- and 64-wide passes, compiled for one row. Any rows: x from global memory.
 GEMV_KERNEL(matmul_gemv, GEMV_NARROW_BOUNDS, 32, GEMV_X_BF16, 1, 4, false, 1)

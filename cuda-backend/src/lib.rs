@@ -22,7 +22,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use ditto_engine::backend::{
     check_attention, check_attention_inputs, check_kv_slots, check_rope, expect_tensor,
-    last_write_of_slot, matmul_then_silu_mul, Tensor,
+    last_write_of_slot, Tensor,
 };
 use ditto_engine::{
     AttentionInputs, AttnGeometry, AttnSeq, Backend, DType, Error, KernelMode, MatmulShape, Result,
@@ -228,15 +228,6 @@ fn gemv_block_threads(groups: usize, chunks: usize) -> u32 {
     ((groups * chunks).div_ceil(32) * 32) as u32
 }
 
-/// What a one-launch GEMV writes.
-enum GemvOut<'a> {
-    /// Each output's sum, as f32 or bf16 (the kernel's `_f32` or `_bf16` entry point).
-    Sums(&'a mut Buf),
-    /// silu(gate) · up of a stacked gate/up projection, as f32 values and their bf16 bits (the
-    /// `_silu` entry point).
-    SiluMul(&'a CudaSlice<f32>, &'a CudaSlice<u16>),
-}
-
 /// The fewest warps of a GEMV block of several-column tasks (see `gemv_columns`).
 const GEMV_MIN_WARPS: usize = 4;
 
@@ -396,34 +387,24 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
         &[
             "matmul_gemv_f32",
             "matmul_gemv_bf16",
-            "matmul_gemv_silu",
             "matmul_gemv_wide_f32",
             "matmul_gemv_wide_bf16",
-            "matmul_gemv_wide_silu",
             "matmul_gemv_global_x_f32",
             "matmul_gemv_global_x_bf16",
-            "matmul_gemv_global_x_silu",
             "matmul_gemv_rows2_f32",
             "matmul_gemv_rows2_bf16",
-            "matmul_gemv_rows2_silu",
             "matmul_gemv_rows3_f32",
             "matmul_gemv_rows3_bf16",
-            "matmul_gemv_rows3_silu",
             "matmul_gemv_rows4_f32",
             "matmul_gemv_rows4_bf16",
-            "matmul_gemv_rows4_silu",
             "matmul_gemv_rows5_f32",
             "matmul_gemv_rows5_bf16",
-            "matmul_gemv_rows5_silu",
             "matmul_gemv_rows6_f32",
             "matmul_gemv_rows6_bf16",
-            "matmul_gemv_rows6_silu",
             "matmul_gemv_rows7_f32",
             "matmul_gemv_rows7_bf16",
-            "matmul_gemv_rows7_silu",
             "matmul_gemv_rows8_f32",
             "matmul_gemv_rows8_bf16",
-            "matmul_gemv_rows8_silu",
             "matmul_chunk_partials",
             "matmul_gemm_f32",
             "matmul_gemm_bf16",
@@ -809,20 +790,6 @@ impl CudaBackend {
         }
     }
 
-    /// x as the matmuls read it, bf16 bits: the rounding its producer wrote, else one made now
-    /// (kept in `here`).
-    fn bf16_input<'a>(
-        &self,
-        x: &'a CudaTensor,
-        len: usize,
-        here: &'a mut Option<CudaSlice<u16>>,
-    ) -> Result<&'a CudaSlice<u16>> {
-        match &x.rounded {
-            Some(r) => Ok(r),
-            None => Ok(here.insert(self.round_to_bf16(x.f32s("matmul input")?, len)?)),
-        }
-    }
-
     /// Uploads an index array (positions, slots, block tables, work lists), reusing the device
     /// copy of an identical recent array: a forward pass passes the same arrays to every layer,
     /// and each upload from pageable memory stalls the host.
@@ -983,8 +950,80 @@ impl CudaBackend {
         let chunks = k.div_ceil(DOT_CHUNK);
         if k.is_multiple_of(8) && chunks <= GEMV_THREADS as usize {
             let (kernel, segment) = self.gemv_plan(m, k);
-            let shape = MatmulShape { m, n, k };
-            return self.gemv_launch(xb, ws, GemvOut::Sums(out), kernel, segment, shape);
+            let segments = chunks.div_ceil(segment);
+            let name = match &*out {
+                Buf::F32(_) => format!("{}_f32", kernel.name),
+                Buf::Bf16(_) => format!("{}_bf16", kernel.name),
+            };
+            let f = self.func(&name)?;
+            let x_bytes = kernel.x_bytes(m, k, segment);
+            let cols = self.gemv_columns(f, &kernel, n, segment, segments, x_bytes)?;
+            let threads = gemv_block_threads(cols / kernel.task_cols, segment);
+            // Several segments: value 0 is the first one's running total, value 1 + c - segment
+            // the partial of chunk c of a later one (see matmul.cu).
+            let values = chunks - segment + 1;
+            let split = if segments > 1 {
+                // SAFETY: the GEMV writes all `values` values of every output (see above).
+                Some(unsafe { self.alloc_uninit::<f32>(values * m * n)? })
+            } else {
+                None
+            };
+            let args = RawArgs::default()
+                .buf(xb, &self.stream)
+                .buf(ws, &self.stream)
+                .out(out, &self.stream);
+            let args = match &split {
+                Some(v) => args.buf(v, &self.stream),
+                None => args.null(),
+            };
+            let args = args
+                .u32(m32)
+                .u32(n32)
+                .u32(k32)
+                .u32(u32_arg(cols, "columns")?)
+                .u32(u32_arg(segment, "segment")?);
+            let shared = kernel.stage_bytes(threads) + x_bytes;
+            // At most one wave of blocks, each walking column blocks blockIdx.x, blockIdx.x +
+            // gridDim.x, … (matmul_gemv_body): a block then copies x once, and its next column
+            // block's first weights are in flight while it combines the current one. H100,
+            // 2026-11-24: tg128 138.4 -> 145.3 tokens/s, tg8@8 625 -> 714; the down projection
+            // at one row 49.8 -> 44.2 µs. With K in segments the wave is shared among them (each
+            // segment's blocks walk its column blocks): the down projection at 2, 4 and 8 rows
+            // 52.7 -> 48.3, 59.6 -> 54.6 and 70.5 -> 64.7 µs, tg8@2, @4 and @8 2% faster.
+            let column_blocks = n.div_ceil(cols);
+            let wave = self.blocks_per_sm(f, threads, shared)? * self.sm_count;
+            let cap = self.gemv_max_blocks.unwrap_or(wave).max(1);
+            let blocks = column_blocks.min(wave.div_ceil(segments)).min(cap);
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    u32_arg(blocks, "blocks")?,
+                    u32_arg(segments, "K segments")?,
+                    1,
+                ),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: shared as u32,
+            };
+            // SAFETY: matmul_gemv_*(const unsigned short* x, const unsigned short* w, out*,
+            // float* split, unsigned int m, n, k, cols, segment): the nine arguments in that
+            // order, each pointing at a live value of that type; cols is a multiple of the
+            // kernel's columns per task and its (cols / task_cols) * segment tasks run on at
+            // most GEMV_THREADS threads (its __launch_bounds__); xb holds m*k, w n*k and out m*n
+            // elements, and split (null with one segment, which never touches it) values*m*n;
+            // m <= GEMV_MAX_ROWS, and m is the row count the kernel was compiled for where it
+            // was compiled for one (gemv_plan picks GEMV_ONE_ROW's first two only at m = 1, and
+            // GEMV_ROWS_BY_COUNT's kernel for m); k is a multiple of 8 (16-byte rows) with at
+            // most GEMV_THREADS chunks, as the kernel needs. Its dynamic shared memory is the
+            // weight stage for `threads` (stage_bytes, mirroring GEMV_TASK_UNITS) followed by
+            // the copy of x's segment (x_bytes), within what dynamic_shared_budget opted it
+            // in to (gemv_plan checks). Any number of blocks from 1 to the column blocks covers
+            // every column (block b walks column blocks b, b + gridDim.x, …), and no block waits
+            // for another. The kernel waits for the prior grid before it reads x or writes out or
+            // split, as an overlapped launch requires.
+            unsafe { self.launch_overlapping(f, cfg, args, "matmul gemv") }?;
+            if let Some(split) = split {
+                self.combine_in_order(&split, u32_arg(values, "values")?, out, m * n)?;
+            }
+            return Ok(());
         }
         let chunks32 = u32_arg(chunks, "chunks")?;
         // SAFETY: matmul_chunk_partials writes every one of the m*n*chunks partials.
@@ -1002,125 +1041,6 @@ impl CudaBackend {
         // most GEMV_MAX_ROWS.
         unsafe { l.launch(grid_1d(n * chunks)?) }.map_err(device_err("matmul partials"))?;
         self.combine_in_order(&partials, chunks32, out, m * n)
-    }
-
-    /// The one-launch GEMV (k a multiple of 8, at most GEMV_THREADS chunks) with `kernel` and
-    /// K segments of `segment` chunks, as `gemv_plan` picked them.
-    #[allow(clippy::too_many_arguments)]
-    fn gemv_launch(
-        &self,
-        xb: &CudaSlice<u16>,
-        ws: &CudaSlice<u16>,
-        out: GemvOut,
-        kernel: GemvKernel,
-        segment: usize,
-        shape: MatmulShape,
-    ) -> Result<()> {
-        let MatmulShape { m, n, k } = shape;
-        let (m32, n32, k32) = (u32_arg(m, "m")?, u32_arg(n, "n")?, u32_arg(k, "k")?);
-        let chunks = k.div_ceil(DOT_CHUNK);
-        let segments = chunks.div_ceil(segment);
-        let suffix = match out {
-            GemvOut::Sums(Buf::F32(_)) => "f32",
-            GemvOut::Sums(Buf::Bf16(_)) => "bf16",
-            GemvOut::SiluMul(..) => "silu",
-        };
-        let pairs = matches!(out, GemvOut::SiluMul(..));
-        if pairs && (segments > 1 || !n.is_multiple_of(2)) {
-            return Err(Error::Device(format!(
-                "silu · up GEMV of {n} weight rows in {segments} K segments"
-            )));
-        }
-        let f = self.func(&format!("{}_{suffix}", kernel.name))?;
-        let x_bytes = kernel.x_bytes(m, k, segment);
-        let cols = self.gemv_columns(f, &kernel, n, segment, segments, x_bytes, pairs)?;
-        let threads = gemv_block_threads(cols / kernel.task_cols, segment);
-        // Several segments: value 0 is the first one's running total, value 1 + c - segment
-        // the partial of chunk c of a later one (see matmul.cu).
-        let values = chunks - segment + 1;
-        let split = if segments > 1 {
-            // SAFETY: the GEMV writes all `values` values of every output (see above).
-            Some(unsafe { self.alloc_uninit::<f32>(values * m * n)? })
-        } else {
-            None
-        };
-        let args = RawArgs::default()
-            .buf(xb, &self.stream)
-            .buf(ws, &self.stream);
-        let args = match (&out, &split) {
-            (GemvOut::Sums(o), Some(v)) => args.out(o, &self.stream).buf(v, &self.stream),
-            (GemvOut::Sums(o), None) => args.out(o, &self.stream).null(),
-            (GemvOut::SiluMul(o, rounded), _) => {
-                args.buf(*o, &self.stream).buf(*rounded, &self.stream)
-            }
-        };
-        let args = args
-            .u32(m32)
-            .u32(n32)
-            .u32(k32)
-            .u32(u32_arg(cols, "columns")?)
-            .u32(u32_arg(segment, "segment")?);
-        let shared = kernel.stage_bytes(threads) + x_bytes;
-        // At most one wave of blocks, each walking column blocks blockIdx.x, blockIdx.x +
-        // gridDim.x, … (matmul_gemv_body): a block then copies x once, and its next column
-        // block's first weights are in flight while it combines the current one. H100,
-        // 2026-11-24: tg128 138.4 -> 145.3 tokens/s, tg8@8 625 -> 714; the down projection
-        // at one row 49.8 -> 44.2 µs. With K in segments the wave is shared among them (each
-        // segment's blocks walk its column blocks): the down projection at 2, 4 and 8 rows
-        // 52.7 -> 48.3, 59.6 -> 54.6 and 70.5 -> 64.7 µs, tg8@2, @4 and @8 2% faster.
-        let column_blocks = n.div_ceil(cols);
-        let wave = self.blocks_per_sm(f, threads, shared)? * self.sm_count;
-        let cap = self.gemv_max_blocks.unwrap_or(wave).max(1);
-        let mut blocks = column_blocks.min(wave.div_ceil(segments)).min(cap);
-        // The silu · up GEMV keeps the sums of each column block it walks (m * cols floats)
-        // after x; more blocks walk fewer.
-        let sums_bytes = |blocks: usize| match out {
-            GemvOut::SiluMul(..) => column_blocks.div_ceil(blocks) * m * cols * 4,
-            GemvOut::Sums(_) => 0,
-        };
-        while shared + sums_bytes(blocks) > self.gemv_shared_max && blocks < column_blocks {
-            blocks = (2 * blocks).min(column_blocks);
-        }
-        let shared = shared + sums_bytes(blocks);
-        if shared > self.gemv_shared_max {
-            return Err(Error::Unsupported(format!(
-                "a GEMV block of {shared} bytes of shared memory"
-            )));
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (
-                u32_arg(blocks, "blocks")?,
-                u32_arg(segments, "K segments")?,
-                1,
-            ),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: shared as u32,
-        };
-        // SAFETY: matmul_gemv_*_f32/_bf16(const unsigned short* x, const unsigned short* w,
-        // out*, float* split, unsigned int m, n, k, cols, segment), or *_silu with float* out
-        // and unsigned short* rounded in place of out and split: the nine arguments in that
-        // order, each pointing at a live value of that type; cols is a multiple of the
-        // kernel's columns per task (for _silu, of twice them: gemv_columns) and its
-        // (cols / task_cols) * segment tasks run on at most GEMV_THREADS threads (its
-        // __launch_bounds__); xb holds m*k, w n*k and out m*n elements (for _silu, n even,
-        // out and rounded m*n/2 each, one segment: checked above), and split (null with one
-        // segment, which never touches it) values*m*n;
-        // m <= GEMV_MAX_ROWS, and m is the row count the kernel was compiled for where it
-        // was compiled for one (gemv_plan picks GEMV_ONE_ROW's first two only at m = 1, and
-        // GEMV_ROWS_BY_COUNT's kernel for m); k is a multiple of 8 (16-byte rows) with at
-        // most GEMV_THREADS chunks, as the kernel needs. Its dynamic shared memory is the
-        // weight stage for `threads` (stage_bytes, mirroring GEMV_TASK_UNITS) followed by
-        // the copy of x's segment (x_bytes) and, for _silu, the sums of the column blocks a
-        // block walks (sums_bytes), within what dynamic_shared_budget opted it in to
-        // (checked above). Any number of blocks from 1 to the column blocks covers
-        // every column (block b walks column blocks b, b + gridDim.x, …), and no block waits
-        // for another. The kernel waits for the prior grid before it reads x or writes out or
-        // split, as an overlapped launch requires.
-        unsafe { self.launch_overlapping(f, cfg, args, "matmul gemv") }?;
-        if let (Some(split), GemvOut::Sums(out)) = (split, out) {
-            self.combine_in_order(&split, u32_arg(values, "values")?, out, m * n)?;
-        }
-        Ok(())
     }
 
     /// The GEMV kernel for `m` rows of `k`, and the chunks of each of its K segments: the first
@@ -1176,11 +1096,6 @@ impl CudaBackend {
     ///   part of x: without that floor several-column tasks took smaller blocks that were up to
     ///   twice as slow (o at 4 rows 61.7 against 30.9 µs, the output head at 8 rows 597 against
     ///   298). At one row this took q/k/v (1.45 waves of 16 columns) from 26.2 to 24.1 µs.
-    ///
-    /// With `pairs` (the silu · up GEMV) a block holds the gate and the up column of each of its
-    /// outputs, so only even group counts are candidates; the caller checks that one fits
-    /// (`GEMV_THREADS / chunks` at least 2).
-    #[allow(clippy::too_many_arguments)]
     fn gemv_columns(
         &self,
         f: &CudaFunction,
@@ -1189,10 +1104,8 @@ impl CudaBackend {
         chunks: usize,
         segments: usize,
         x_bytes: usize,
-        pairs: bool,
     ) -> Result<usize> {
-        let step = if pairs { 2 } else { 1 };
-        let widest = GEMV_THREADS as usize / chunks / step * step;
+        let widest = GEMV_THREADS as usize / chunks;
         // Waves of blocks of `groups` column groups.
         let waves = |groups: usize| -> Result<f64> {
             let threads = gemv_block_threads(groups, chunks);
@@ -1200,12 +1113,11 @@ impl CudaBackend {
             let blocks = n.div_ceil(groups * kernel.task_cols) * segments;
             Ok(blocks as f64 / (per_sm * self.sm_count) as f64)
         };
-        let every_block = (step..=widest)
+        let every_block = (1..=widest)
             .rev()
-            .step_by(step)
             .filter(|&g| g == widest || g * chunks >= GEMV_MIN_WARPS * 32);
         let candidates: Vec<usize> = if kernel.task_cols == 1 && waves(widest)? >= 2.0 {
-            vec![widest, widest.saturating_sub(step).max(step)]
+            vec![widest, widest.saturating_sub(1).max(1)]
         } else {
             every_block.collect()
         };
@@ -1726,7 +1638,7 @@ impl Backend for CudaBackend {
         let MatmulShape { m, n, k } = shape;
         expect_tensor(x, "matmul input", DType::F32, m * k)?;
         expect_tensor(w, "matmul weight", DType::Bf16, n * k)?;
-        let ws = w.bf16s("matmul")?;
+        let (xs, ws) = (x.f32s("matmul")?, w.bf16s("matmul")?);
         if m * n == 0 {
             return self.zeros(out, m * n);
         }
@@ -1734,8 +1646,14 @@ impl Backend for CudaBackend {
             // An empty sum is +0.0 (bits 0 in f32 and in bf16).
             return self.zeros(out, m * n);
         }
-        let mut rounded_here = None;
-        let xb = self.bf16_input(x, m * k, &mut rounded_here)?;
+        let rounded_here;
+        let xb = match &x.rounded {
+            Some(r) => r,
+            None => {
+                rounded_here = self.round_to_bf16(xs, m * k)?;
+                &rounded_here
+            }
+        };
         if let (KernelMode::Default, Some(blas)) = (self.mode, &self.blas) {
             return self.matmul_cublas(blas, xb, ws, shape, out);
         }
@@ -1819,55 +1737,6 @@ impl Backend for CudaBackend {
         // unsigned int n); the input holds 2*len elements (checked), out and rounded len; it
         // waits for the prior grid first.
         unsafe { self.launch_overlapping(f, grid_1d(rows * n)?, args, "silu_mul") }?;
-        Ok(out)
-    }
-
-    fn matmul_silu_mul(
-        &self,
-        x: &CudaTensor,
-        gate_up: &CudaTensor,
-        rows: usize,
-        n: usize,
-        k: usize,
-    ) -> Result<CudaTensor> {
-        // Fused where the one-launch GEMV runs in one K segment with blocks of at least two
-        // column groups (a gate and an up column each); elsewhere the matmul, then silu_mul.
-        let chunks = k.div_ceil(DOT_CHUNK);
-        let fused = self.mode == KernelMode::Invariant
-            && (1..=GEMV_MAX_ROWS).contains(&rows)
-            && n > 0
-            && k > 0
-            && k.is_multiple_of(8)
-            && 2 * chunks <= GEMV_THREADS as usize;
-        if !fused {
-            return matmul_then_silu_mul(self, x, gate_up, rows, n, k);
-        }
-        let (kernel, segment) = self.gemv_plan(rows, k);
-        // One segment, and room for a walk's sums at the widest block (gemv_launch).
-        let widest_cols = GEMV_THREADS as usize / chunks * kernel.task_cols;
-        let sums = rows * widest_cols * 4;
-        let x_bytes = kernel.x_bytes(rows, k, chunks);
-        if segment < chunks
-            || kernel.stage_bytes(GEMV_THREADS) + x_bytes + sums > self.gemv_shared_max
-        {
-            return matmul_then_silu_mul(self, x, gate_up, rows, n, k);
-        }
-        expect_tensor(x, "matmul input", DType::F32, rows * k)?;
-        expect_tensor(gate_up, "gate/up weight", DType::Bf16, 2 * n * k)?;
-        let mut rounded_here = None;
-        let xb = self.bf16_input(x, rows * k, &mut rounded_here)?;
-        let out = self.f32_output_rounded(rows * n)?;
-        let (Buf::F32(o), Some(rounded)) = (&out.buf, &out.rounded) else {
-            unreachable!("f32_output_rounded is f32 with a rounding")
-        };
-        let shape = MatmulShape {
-            m: rows,
-            n: 2 * n,
-            k,
-        };
-        let ws = gate_up.bf16s("matmul_silu_mul")?;
-        let sums = GemvOut::SiluMul(o, rounded);
-        self.gemv_launch(xb, ws, sums, kernel, segment, shape)?;
         Ok(out)
     }
 
