@@ -232,6 +232,37 @@ __device__ __forceinline__ void gemv_block_setup(
     }
 }
 
+// The share of its first column block's weight rows (1 / GEMV_PREFETCH_DIVISOR) that a one-row
+// GEMV block asks L2 for before it waits for the kernel before it. Programmatic dependent launch
+// starts the block while that kernel (an RMSNorm, attention or silu: latency-bound work on a few
+// SMs) still runs, and HBM would otherwise idle for those microseconds. A quarter of the rows is
+// about what HBM moves in one such kernel (gate/up: 264 blocks of 4 rows of 8 KB). Measured on
+// the H100 (2026-11-24, tg128, means of three rounds against the same build without): a quarter
+// 160.91 against 160.21, half 160.61, all 159.61 on a quiet machine (session 14, run 5); a
+// quarter 159.95 against 158.18 on a noisy one (run 6). Several rows prefetch nothing: there the
+// blocks walk many column blocks each, and prefetching cost a sixth of tg8@8 (853 -> 700, run 4).
+#define GEMV_PREFETCH_DIVISOR 4
+
+template <int M>
+__device__ __forceinline__ void gemv_prefetch_first_rows(const unsigned short* __restrict__ w,
+                                                         unsigned int n, unsigned int k,
+                                                         unsigned int cols, GemvXWindow win) {
+#if __CUDA_ARCH__ >= 900
+    if (M != 1) {
+        return;
+    }
+    unsigned long long row = (unsigned long long)blockIdx.x * cols + threadIdx.x;
+    unsigned int rows = (cols + GEMV_PREFETCH_DIVISOR - 1) / GEMV_PREFETCH_DIVISOR;
+    if (threadIdx.x < rows && row < n) {
+        // A row's window is 16-byte aligned and a multiple of 16 bytes long (k and the window
+        // are multiples of 8 elements), as the bulk prefetch needs.
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(w + row * k + win.begin),
+                     "r"(win.width * 2)
+                     : "memory");
+    }
+#endif
+}
+
 // One task is one chunk of TASK_COLS adjacent columns, so that each activation a lane unpacks is
 // used for TASK_COLS columns. At several rows the one-column task spends four instructions per
 // product, as it unpacks x for each (Nsight on the H100, 2026-11-24, gate/up at 8 rows: 101.6M
@@ -298,6 +329,7 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     gemv_block_setup<X_MODE, UNITS, TASK_COLS, LOADS>(w, n, k, cols, block, group, c, start,
                                                       seg_chunks, lane, unit, first_col, active,
                                                       len, load_w, load_len, next);
+    gemv_prefetch_first_rows<M>(w, n, k, cols, win);
     // Weights are never written by a kernel; x is the prior kernel's output.
     wait_for_prior_grid();
     // After the first weight loads are out, so that their latency and the activations' overlap.
