@@ -136,13 +136,14 @@ __device__ __forceinline__ void attn_stage_rows(const unsigned short* cache,
     }
 }
 
+// The most positions a lane of attn_fold_max_warp0 folds (a block holds at most ATTN_BLOCK).
+#define ATTN_FOLD_PER_LANE ((ATTN_BLOCK + 31) / 32)
+
 // max_step folded over p[0], …, p[n - 1] (n >= 1) into *out, by the 32 threads of warp 0, in
 // the bits of the sequential fold: lane l folds its own consecutive positions in order, then
 // neighbouring ranges are combined, the earlier one first. Without NaN, max_step keeps the first
 // of equal values, so it is associative and every such grouping gives the sequential fold's bits.
 // A NaN is kept only where it comes first, so a block with a NaN score takes the sequential fold.
-#define ATTN_FOLD_PER_LANE ((ATTN_BLOCK + 31) / 32)
-
 __device__ __forceinline__ void attn_fold_max_warp0(const float* p, unsigned int n, float* out) {
     const unsigned int lane = threadIdx.x;
     const unsigned int per_lane = (n + 31) / 32;
