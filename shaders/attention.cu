@@ -392,6 +392,8 @@ __device__ __forceinline__ void attention_fused_body(const AttnArgs& a,
 ATTN_FUSED_KERNEL(attention_fused, false)
 ATTN_FUSED_KERNEL(attention_fused_staged, true)
 
+// `items` lists (work index, block index) pairs; the blocks of one work row are consecutive and
+// ascending. Partials: per (item, head) head_dim + 2 floats: max, sum, acc[0..head_dim].
 extern "C" __global__ void __launch_bounds__(ATTN_THREADS)
 attention_block_partials(const float* __restrict__ q, const unsigned short* __restrict__ k_cache,
     const unsigned short* __restrict__ v_cache, const unsigned int* __restrict__ block_table,
