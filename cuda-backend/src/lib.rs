@@ -2017,23 +2017,23 @@ impl Backend for CudaBackend {
                 items > n_work && n_work * g.heads < 4 * self.sm_count && scratch_bytes <= 256 << 20
             }
         };
-        // Staged (decode): where every block runs at once, each block's copy of its KV rows
-        // costs no occupancy that another block was waiting for.
-        let stage_rows = max_len.min(ATTN_BLOCK);
-        let stage_bytes = stage_rows * (4 * g.head_dim + 2 * ATTN_STAGE_PAD);
-        let stage_fits = g.head_dim.is_multiple_of(8) && stage_bytes <= self.attention_stage_max;
-        let staged = !split
-            && stage_fits
-            && match self.attention_path {
-                AttentionPath::Staged => true,
-                AttentionPath::Fused | AttentionPath::Split => false,
-                AttentionPath::Auto => {
-                    let f = self.func("attention_fused_staged")?;
-                    n_work * g.heads
-                        <= self.blocks_per_sm(f, ATTN_THREADS, stage_bytes)? * self.sm_count
-                }
-            };
         if !split {
+            // Staged (decode): where every block runs at once, each block's copy of its KV rows
+            // costs no occupancy that another block was waiting for.
+            let stage_rows = max_len.min(ATTN_BLOCK);
+            let stage_bytes = stage_rows * (4 * g.head_dim + 2 * ATTN_STAGE_PAD);
+            let stage_fits =
+                g.head_dim.is_multiple_of(8) && stage_bytes <= self.attention_stage_max;
+            let staged = stage_fits
+                && match self.attention_path {
+                    AttentionPath::Staged => true,
+                    AttentionPath::Fused | AttentionPath::Split => false,
+                    AttentionPath::Auto => {
+                        let f = self.func("attention_fused_staged")?;
+                        n_work * g.heads
+                            <= self.blocks_per_sm(f, ATTN_THREADS, stage_bytes)? * self.sm_count
+                    }
+                };
             let (name, shared_bytes) = if staged {
                 ("attention_fused_staged", stage_bytes)
             } else {
