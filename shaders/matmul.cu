@@ -294,8 +294,8 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     constexpr int LOADS = 32 * TASK_COLS / ROWS_PER_LOAD;
     constexpr int ROWS = M > 0 ? M : GEMV_MAX_ROWS;
     static_assert(ROWS <= GEMV_MAX_ROWS, "at most GEMV_MAX_ROWS rows");
-    // UNITS >= 2 leaves the stage room for the partials that reuse it.
-    static_assert(UNITS >= 2 && 32 % UNITS == 0, "a pass is 2 to 32 whole units");
+    // UNITS >= 4 leaves the stage room for the partials that reuse it (64 bytes a task column).
+    static_assert(UNITS >= 4 && 32 % UNITS == 0, "a pass is 4 to 32 whole units");
     // Dynamic shared memory: each warp's stage, then x (where X_MODE puts it there).
     extern __shared__ uint4 gemv_shared[];
     unsigned int chunks = (k + DOT_CHUNK - 1) / DOT_CHUNK;
@@ -318,6 +318,11 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     // launched fewer blocks than there are column blocks.
     unsigned int column_blocks = (n + cols - 1) / cols;
     unsigned int block = blockIdx.x;
+    // An output's chunk partials lie `stride` floats apart from the next output's. Odd, so that
+    // the lanes storing one chunk's partials of different columns, and the lanes reading each
+    // its own output's, hit distinct banks: with a stride of 16 both were 16-way conflicts
+    // (Nsight on the H100, 2026-11-24: at 8 rows the combine was a sixth of the GEMV's time).
+    unsigned int stride = seg_chunks | 1u;
     unsigned long long first_col;
     bool active;
     unsigned int len;
@@ -410,7 +415,7 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
             allow_dependent_launch();
         }
         // The partials reuse the stage, once every warp has added its last pass (it holds at
-        // least 32 bytes a task column: GEMV_MAX_ROWS floats for each).
+        // least 64 bytes a task column: GEMV_MAX_ROWS floats for each, padded as below).
         __syncthreads();
         float* partials = reinterpret_cast<float*>(gemv_shared);
         if (this_active) {
@@ -419,8 +424,7 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
 #pragma unroll
                 for (int t = 0; t < TASK_COLS; ++t) {
                     if ((M > 0 || r < (int)m) && this_first_col + t < n) {
-                        partials[(r * cols + group * TASK_COLS + t) * seg_chunks + c] =
-                            acc[r][t];
+                        partials[(r * cols + group * TASK_COLS + t) * stride + c] = acc[r][t];
                     }
                 }
             }
@@ -434,7 +438,7 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
             if (jj >= n) {
                 continue;
             }
-            const float* p = partials + (r * cols + cl) * seg_chunks;
+            const float* p = partials + (r * cols + cl) * stride;
             unsigned long long o = (unsigned long long)r * n + jj;
             if (SEGMENTED && blockIdx.y > 0) {
                 // A later segment: the partial of each of its chunks, for matmul_split_combine_*
