@@ -320,8 +320,9 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     unsigned int block = blockIdx.x;
     // An output's chunk partials lie `stride` floats apart from the next output's. Odd, so that
     // the lanes storing one chunk's partials of different columns, and the lanes reading each
-    // its own output's, hit distinct banks: with a stride of 16 both were 16-way conflicts
-    // (Nsight on the H100, 2026-11-24: at 8 rows the combine was a sixth of the GEMV's time).
+    // its own output's, hit distinct banks: with a stride of 16 both were 16-way conflicts, and
+    // the column block's end drew a fifth of the 8-row gate/up GEMV's stall samples (Nsight on
+    // the H100, 2026-11-24; the odd stride gave tg8@8 +8.6% and tg128 +1.7%).
     unsigned int stride = seg_chunks | 1u;
     unsigned long long first_col;
     bool active;
