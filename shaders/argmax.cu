@@ -3,20 +3,18 @@
 // the same element whatever the grouping, so each thread folds its strided elements ascending
 // with a strict `>` and a shared-memory tree combines the threads with that rule.
 #define ARGMAX_THREADS 256
-// -inf by its bits: what every value starts from, and what a NaN counts as.
-#define ARGMAX_NEG_INF __uint_as_float(0xff800000u)
 
 extern "C" __global__ void argmax(const float* __restrict__ logits, unsigned int* __restrict__ out,
                                   unsigned int vocab) {
     __shared__ float best_values[ARGMAX_THREADS];
     __shared__ unsigned int best_indices[ARGMAX_THREADS];
     const float* row = logits + (unsigned long long)blockIdx.x * vocab;
-    float best = ARGMAX_NEG_INF;
+    float best = F32_NEG_INF;  // what every value starts from
     unsigned int best_index = 0xffffffffu;  // "none yet": loses every tie
     for (unsigned int i = threadIdx.x; i < vocab; i += ARGMAX_THREADS) {
         float x = row[i];
         if (x != x) {
-            x = ARGMAX_NEG_INF;
+            x = F32_NEG_INF;
         }
         if (best_index == 0xffffffffu || x > best) {
             best = x;

@@ -151,7 +151,7 @@ __device__ __forceinline__ void attn_fold_max_warp0(const float* p, unsigned int
     const unsigned int end = min(begin + per_lane, n);
     // -inf changes no max_step result (a later -inf is not greater; an earlier one is passed over
     // by anything greater, and by an equal -inf of the same bits).
-    float acc = __uint_as_float(F32_SIGN | F32_EXPONENT);
+    float acc = F32_NEG_INF;
     bool nan = false;
     // n <= ATTN_BLOCK, so a lane has at most ATTN_FOLD_PER_LANE positions: unrolled to that bound,
     // the segment costs no loop set-up. As a general loop (set-up and remainder handling for two

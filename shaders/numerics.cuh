@@ -13,6 +13,8 @@
 #define F32_SIGN 0x80000000u
 #define F32_EXPONENT 0x7f800000u
 #define F32_ABS 0x7fffffffu
+// -inf, from its bits.
+#define F32_NEG_INF __uint_as_float(F32_SIGN | F32_EXPONENT)
 
 __device__ __forceinline__ float flush_subnormal(float x) {
     unsigned int bits = __float_as_uint(x);
