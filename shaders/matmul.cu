@@ -64,11 +64,13 @@ __device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
 // 32-wide passes and unpacked to f32 for the 64-wide one (gemv_activations). A larger x stays in
 // global memory: the block then prefetches its lines to L1 and loads weights past L1
 // (ld.global.cg) so that the stream of weights does not evict them. At several rows the host
-// instead cuts K into segments of whole chunks (blockIdx.y), so that a block copies only its
-// segment of x: the first segment combines its chunks and writes that running total, every
-// later one writes each chunk's partial, and matmul_split_combine_* combines them in ascending
-// order from +0.0, as for the split GEMM below. (The down projection of Qwen3-8B at 8 rows, 196
-// KB of x, ran at a quarter of its read ceiling from global memory.)
+// instead cuts K into phases of whole chunks (`segment` chunks each), which a block takes in
+// turn for each of its column blocks: it copies only the phase's window of x, keeps each
+// phase's chunk partials in shared memory of their own, and combines all of them in ascending
+// order at the column block's end. (The down projection of Qwen3-8B at 8 rows, 196 KB of x, ran
+// at a quarter of its read ceiling from global memory. Its K segments as blocks of their own,
+// combined by a second launch, took 61.3 µs at 8 rows and 55.4 at 4, against 37.5 at one row:
+// H100, 2026-11-24.)
 
 // Where a GEMV block reads x from: global memory after a prefetch of every line to L1; a copy
 // in shared memory as bf16; or a copy in shared memory unpacked to f32, which saves the unpacking
@@ -92,16 +94,40 @@ __device__ __forceinline__ unsigned int gemv_shared_x_f32_unit(unsigned int r, u
 }
 
 // The part of x a block reads: `width` elements of each row from element `begin`, the chunks of
-// its K segment (`chunks` of them).
+// its K phase (`chunks` of them).
 struct GemvXWindow {
     unsigned int begin;
     unsigned int width;
     unsigned int chunks;
 };
 
+// The window of phase `phase` of K in phases of `segment` chunks (the last may be shorter).
+__device__ __forceinline__ GemvXWindow gemv_phase_window(unsigned int phase, unsigned int segment,
+                                                         unsigned int chunks, unsigned int k) {
+    GemvXWindow win;
+    unsigned int first = phase * segment;
+    win.begin = first * DOT_CHUNK;
+    win.chunks = min(segment, chunks - first);
+    win.width = min(win.begin + win.chunks * DOT_CHUNK, k) - win.begin;
+    return win;
+}
+
+// 16-byte units of shared memory that x's copy of `win` takes (the host's GemvKernel::x_bytes).
+template <int X_MODE>
+__device__ __forceinline__ unsigned int gemv_x_units(unsigned int m, GemvXWindow win) {
+    if (X_MODE == GEMV_X_BF16) {
+        return m * (win.width / 8);
+    }
+    if (X_MODE == GEMV_X_F32) {
+        return m * (win.width / 4 + win.chunks);
+    }
+    return 0;
+}
+
 // Makes x readable by gemv_x8 from where X_MODE says; `shared_x` is the dynamic shared memory
-// after the stage (m * width * 2 bytes for bf16, m * (width * 4 + chunks * 16) for f32, as the
-// host gives).
+// after the stage (gemv_x_units of it). X_BATCH 0 copies a bf16 window by asynchronous copies,
+// which hold no registers: a phased GEMV copies inside its loops, where X_BATCH loads in
+// registers took the several-row kernels from 124-149 registers to 168-196 (ptxas 13.0).
 template <int X_MODE, int X_BATCH>
 __device__ __forceinline__ const void* gemv_activations(const unsigned short* x, uint4* shared_x,
                                                         unsigned int m, unsigned int k,
@@ -109,11 +135,24 @@ __device__ __forceinline__ const void* gemv_activations(const unsigned short* x,
     unsigned int row_units = win.width / 8;
     unsigned int units = m * row_units;
     const uint4* from = reinterpret_cast<const uint4*>(x);
+    static_assert(X_BATCH > 0 || X_MODE == GEMV_X_BF16, "only a bf16 copy is asynchronous");
+    if (X_BATCH == 0) {
+        for (unsigned int i = threadIdx.x; i < units; i += blockDim.x) {
+            unsigned int r = i / row_units;
+            copy_16_async(reinterpret_cast<unsigned short*>(shared_x + i),
+                          reinterpret_cast<const unsigned short*>(
+                              from + (r * k + win.begin) / 8 + (i - r * row_units)));
+        }
+        copy_async_commit();
+        copy_async_wait<0>();
+        __syncthreads();
+        return shared_x;
+    }
     if (X_MODE != GEMV_X_GLOBAL) {
         // X_BATCH loads in flight per thread before their stores: one at a time, a block
         // waited out an L2 round trip per 16 bytes a thread copies (16 of them for 8 rows of 4096).
         for (unsigned int base = threadIdx.x; base < units; base += blockDim.x * X_BATCH) {
-            uint4 v[X_BATCH];
+            uint4 v[X_BATCH > 0 ? X_BATCH : 1];
 #pragma unroll
             for (int b = 0; b < X_BATCH; ++b) {
                 unsigned int i = base + b * blockDim.x;
@@ -279,12 +318,10 @@ __device__ __forceinline__ void gemv_prefetch_first_rows(const unsigned short* _
 // M rows the body has no branch per row. H100, 2026-11-24: one row, every GEMV at 92-97% of its
 // read ceiling against 82-92% (tg128 145 -> 155 tokens/s); 8 rows, gate/up 132 -> 101 µs (tg8@8
 // 715 -> 819).
-template <bool BF16_OUT, int PASS, int X_MODE, int TASK_COLS, int X_BATCH, bool SEGMENTED,
-          int M>
+template <bool BF16_OUT, int PASS, int X_MODE, int TASK_COLS, int X_BATCH, bool PHASED, int M>
 __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restrict__ x,
                                                  const unsigned short* __restrict__ w,
-                                                 void* __restrict__ out,
-                                                 float* __restrict__ split, unsigned int m,
+                                                 void* __restrict__ out, unsigned int m,
                                                  unsigned int n, unsigned int k,
                                                  unsigned int cols, unsigned int segment) {
     constexpr int UNITS = PASS / 8;
@@ -296,22 +333,27 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     static_assert(ROWS <= GEMV_MAX_ROWS, "at most GEMV_MAX_ROWS rows");
     // UNITS >= 4 leaves the stage room for the partials that reuse it (64 bytes a task column).
     static_assert(UNITS >= 4 && 32 % UNITS == 0, "a pass is 4 to 32 whole units");
-    // Dynamic shared memory: each warp's stage, then x (where X_MODE puts it there).
+    // Dynamic shared memory: each warp's stage, then x (where X_MODE puts it there), then, with
+    // several phases, the chunk partials.
     extern __shared__ uint4 gemv_shared[];
     unsigned int chunks = (k + DOT_CHUNK - 1) / DOT_CHUNK;
-    // This block's K segment: `segment` chunks from seg_first (fewer in the last one). Kernels
-    // never launched with segments (SEGMENTED false) know at compile time that theirs is all of
-    // K, which keeps the address arithmetic of the one-row passes as lean as before segments.
-    unsigned int seg_first = SEGMENTED ? blockIdx.y * segment : 0;
-    unsigned int seg_chunks = SEGMENTED ? min(segment, chunks - seg_first) : chunks;
-    GemvXWindow win = {seg_first * DOT_CHUNK, 0, seg_chunks};
-    win.width = min(win.begin + seg_chunks * DOT_CHUNK, k) - win.begin;
+    // K in phases of `segment` chunks, taken in turn, in the PHASED entry points; the others
+    // know at compile time that theirs is all of K. Apart, each keeps its own registers and its
+    // own lean pass loop (one body for both took the several-row kernels from 124-149 registers
+    // to 156-196, and two blocks an SM need at most 128).
+    unsigned int phases = PHASED ? (chunks + segment - 1) / segment : 1;
+    GemvXWindow win = gemv_phase_window(0, PHASED ? segment : chunks, chunks, k);
     unsigned int groups = cols / TASK_COLS;
     unsigned int group = threadIdx.x % groups;
     unsigned int c = threadIdx.x / groups;
-    unsigned int start = (seg_first + c) * DOT_CHUNK;
+    unsigned int start = c * DOT_CHUNK;
     uint4* mine = gemv_shared + (threadIdx.x / 32) * (32 * TASK_UNITS);
     uint4* shared_x = gemv_shared + (blockDim.x / 32) * (32 * TASK_UNITS);
+    // One phase's partials wait in the stage once every warp is done with it. With phases,
+    // each phase's go to a region of their own when the phase ends, since the stage and x are
+    // in use until the last one does.
+    float* partials = PHASED ? reinterpret_cast<float*>(shared_x + gemv_x_units<X_MODE>(m, win))
+                             : reinterpret_cast<float*>(gemv_shared);
     unsigned int lane = threadIdx.x % 32;
     unsigned int unit = lane % UNITS;
     // A block walks column blocks blockIdx.x, blockIdx.x + gridDim.x, …: one, unless the host
@@ -323,7 +365,7 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     // its own output's, hit distinct banks: with a stride of 16 both were 16-way conflicts, and
     // the column block's end drew a fifth of the 8-row gate/up GEMV's stall samples (Nsight on
     // the H100, 2026-11-24; the odd stride gave tg8@8 +8.6% and tg128 +1.7%).
-    unsigned int stride = seg_chunks | 1u;
+    unsigned int stride = chunks | 1u;
     unsigned long long first_col;
     bool active;
     unsigned int len;
@@ -333,81 +375,129 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
     unsigned int load_len[LOADS];
     uint4 next[LOADS];
     gemv_block_setup<X_MODE, UNITS, TASK_COLS, LOADS>(w, n, k, cols, block, group, c, start,
-                                                      seg_chunks, lane, unit, first_col, active,
+                                                      win.chunks, lane, unit, first_col, active,
                                                       len, load_w, load_len, next);
     gemv_prefetch_first_rows<M>(w, n, k, cols, win);
     // Weights are never written by a kernel; x is the prior kernel's output.
     wait_for_prior_grid();
     // After the first weight loads are out, so that their latency and the activations' overlap.
-    const void* xs = gemv_activations<X_MODE, X_BATCH>(x, shared_x, m, k, win);
+    const void* xs = PHASED ? nullptr : gemv_activations<X_MODE, X_BATCH>(x, shared_x, m, k, win);
 
-    unsigned long long outputs = (unsigned long long)m * n;
     while (true) {
         float acc[ROWS][TASK_COLS];
-#pragma unroll
-        for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-            for (int t = 0; t < TASK_COLS; ++t) {
-                acc[r][t] = 0.0f;
+        for (unsigned int phase = 1;; ++phase) {
+            if (PHASED) {
+                // The phase's window of x, once every warp is done with the one before (the
+                // barrier at the end of the previous phase or column block).
+                xs = gemv_activations<X_MODE, X_MODE == GEMV_X_BF16 ? 0 : 2>(x, shared_x, m, k,
+                                                                           win);
             }
-        }
-        for (unsigned int pass = 0; pass < DOT_CHUNK; pass += PASS) {
 #pragma unroll
-            for (int i = 0; i < LOADS; ++i) {
-                unsigned int staged = i * ROWS_PER_LOAD + lane / UNITS;
-                unsigned int task = staged / TASK_COLS;
-                unsigned int t = staged % TASK_COLS;
-                mine[task * TASK_UNITS + t * UNITS + unit] = next[i];
-            }
-            __syncwarp();
-            unsigned int after = pass + PASS;
-            if (after < DOT_CHUNK) {
+            for (int r = 0; r < ROWS; ++r) {
 #pragma unroll
-                for (int i = 0; i < LOADS; ++i) {
-                    unsigned int at = after + unit * 8;
-                    if (at < load_len[i]) {
-                        next[i] = gemv_weight_load<X_MODE>(load_w[i] + at);
-                    }
+                for (int t = 0; t < TASK_COLS; ++t) {
+                    acc[r][t] = 0.0f;
                 }
             }
+            for (unsigned int pass = 0; pass < DOT_CHUNK; pass += PASS) {
 #pragma unroll
-            for (unsigned int u = 0; u < UNITS; ++u) {
-                unsigned int at = pass + u * 8;
-                if (at < len) {
-                    float wv[TASK_COLS][8];
+                for (int i = 0; i < LOADS; ++i) {
+                    unsigned int staged = i * ROWS_PER_LOAD + lane / UNITS;
+                    unsigned int task = staged / TASK_COLS;
+                    unsigned int t = staged % TASK_COLS;
+                    mine[task * TASK_UNITS + t * UNITS + unit] = next[i];
+                }
+                __syncwarp();
+                unsigned int after = pass + PASS;
+                if (after < DOT_CHUNK) {
 #pragma unroll
-                    for (int t = 0; t < TASK_COLS; ++t) {
-                        unpack_bf16x8(mine[lane * TASK_UNITS + t * UNITS + u], wv[t]);
+                    for (int i = 0; i < LOADS; ++i) {
+                        unsigned int at = after + unit * 8;
+                        if (at < load_len[i]) {
+                            next[i] = gemv_weight_load<X_MODE>(load_w[i] + at);
+                        }
                     }
+                }
 #pragma unroll
-                    for (int r = 0; r < ROWS; ++r) {
-                        if (M > 0 || r < (int)m) {
-                            float xv[8];
-                            gemv_x8<X_MODE>(xs, r, start + at, k, win, xv);
+                for (unsigned int u = 0; u < UNITS; ++u) {
+                    unsigned int at = pass + u * 8;
+                    if (at < len) {
+                        float wv[TASK_COLS][8];
 #pragma unroll
-                            for (int t = 0; t < TASK_COLS; ++t) {
-                                float a = acc[r][t];
+                        for (int t = 0; t < TASK_COLS; ++t) {
+                            unpack_bf16x8(mine[lane * TASK_UNITS + t * UNITS + u], wv[t]);
+                        }
 #pragma unroll
-                                for (int e = 0; e < 8; ++e) {
-                                    a = fmaf(xv[e], wv[t][e], a);
+                        for (int r = 0; r < ROWS; ++r) {
+                            if (M > 0 || r < (int)m) {
+                                float xv[8];
+                                gemv_x8<X_MODE>(xs, r, start + at, k, win, xv);
+#pragma unroll
+                                for (int t = 0; t < TASK_COLS; ++t) {
+                                    float a = acc[r][t];
+#pragma unroll
+                                    for (int e = 0; e < 8; ++e) {
+                                        a = fmaf(xv[e], wv[t][e], a);
+                                    }
+                                    acc[r][t] = a;
                                 }
-                                acc[r][t] = a;
                             }
                         }
                     }
                 }
+                __syncwarp();
             }
-            __syncwarp();
+            if (phase == phases) {
+                break;
+            }
+            // Not the last phase: its partials to their region, the next phase's first weight
+            // loads out, and, once every warp is done with it, x's window replaced.
+            if (active) {
+#pragma unroll
+                for (int r = 0; r < ROWS; ++r) {
+#pragma unroll
+                    for (int t = 0; t < TASK_COLS; ++t) {
+                        if ((M > 0 || r < (int)m) && first_col + t < n) {
+                            partials[(r * cols + group * TASK_COLS + t) * stride +
+                                     win.begin / DOT_CHUNK + c] = acc[r][t];
+                        }
+                    }
+                }
+            }
+            win = gemv_phase_window(phase, segment, chunks, k);
+            start = win.begin + c * DOT_CHUNK;
+            gemv_block_setup<X_MODE, UNITS, TASK_COLS, LOADS>(
+                w, n, k, cols, block, group, c, start, win.chunks, lane, unit, first_col, active,
+                len, load_w, load_len, next);
+            __syncthreads();
         }
         unsigned int this_block = block;
         unsigned long long this_first_col = first_col;
         bool this_active = active;
+        unsigned int this_first_chunk = win.begin / DOT_CHUNK;
         block += gridDim.x;
         bool more = block < column_blocks;
+        if (PHASED && this_active) {
+            // The last phase's partials, beside the others.
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) {
+#pragma unroll
+                for (int t = 0; t < TASK_COLS; ++t) {
+                    if ((M > 0 || r < (int)m) && this_first_col + t < n) {
+                        partials[(r * cols + group * TASK_COLS + t) * stride + this_first_chunk +
+                                 c] = acc[r][t];
+                    }
+                }
+            }
+        }
         if (more) {
             // The next column block's first loads go out before this one's partials are combined.
+            if (PHASED) {
+                win = gemv_phase_window(0, segment, chunks, k);
+                start = c * DOT_CHUNK;
+            }
             gemv_block_setup<X_MODE, UNITS, TASK_COLS, LOADS>(
-                w, n, k, cols, block, group, c, start, seg_chunks, lane, unit, first_col, active,
+                w, n, k, cols, block, group, c, start, win.chunks, lane, unit, first_col, active,
                 len, load_w, load_len, next);
         } else {
             // The kernel after this one may be scheduled once every block is here (its blocks
@@ -415,22 +505,24 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
             // later blocks.
             allow_dependent_launch();
         }
-        // The partials reuse the stage, once every warp has added its last pass (it holds at
-        // least 64 bytes a task column: GEMV_MAX_ROWS floats for each, padded as below).
+        // Every warp has added its last pass (and, with phases, stored its partials).
         __syncthreads();
-        float* partials = reinterpret_cast<float*>(gemv_shared);
-        if (this_active) {
+        if (!PHASED) {
+            // The partials reuse the stage (it holds at least 64 bytes a task column:
+            // GEMV_MAX_ROWS floats for each, padded as below).
+            if (this_active) {
 #pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
+                for (int r = 0; r < ROWS; ++r) {
 #pragma unroll
-                for (int t = 0; t < TASK_COLS; ++t) {
-                    if ((M > 0 || r < (int)m) && this_first_col + t < n) {
-                        partials[(r * cols + group * TASK_COLS + t) * stride + c] = acc[r][t];
+                    for (int t = 0; t < TASK_COLS; ++t) {
+                        if ((M > 0 || r < (int)m) && this_first_col + t < n) {
+                            partials[(r * cols + group * TASK_COLS + t) * stride + c] = acc[r][t];
+                        }
                     }
                 }
             }
+            __syncthreads();
         }
-        __syncthreads();
         // m * cols can exceed the block's threads (k of one chunk and several rows).
         for (unsigned int i = threadIdx.x; i < m * cols; i += blockDim.x) {
             unsigned int r = i / cols;
@@ -440,22 +532,12 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
                 continue;
             }
             const float* p = partials + (r * cols + cl) * stride;
-            unsigned long long o = (unsigned long long)r * n + jj;
-            if (SEGMENTED && blockIdx.y > 0) {
-                // A later segment: the partial of each of its chunks, for matmul_split_combine_*
-                // (value 1 + chunk - segment; value 0 is the first segment's running total).
-                for (unsigned int cc = 0; cc < seg_chunks; ++cc) {
-                    split[(seg_first + cc - segment + 1) * outputs + o] = p[cc];
-                }
-                continue;
-            }
             float total = 0.0f;
-            for (unsigned int cc = 0; cc < seg_chunks; ++cc) {
+            for (unsigned int cc = 0; cc < chunks; ++cc) {
                 total = combine_chunk_partials(total, p[cc]);
             }
-            if (SEGMENTED && gridDim.y > 1) {
-                split[o] = total;
-            } else if (BF16_OUT) {
+            unsigned long long o = (unsigned long long)r * n + jj;
+            if (BF16_OUT) {
                 ((unsigned short*)out)[o] = (unsigned short)round_bf16_bits(total);
             } else {
                 ((float*)out)[o] = total;
@@ -464,7 +546,8 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
         if (!more) {
             break;
         }
-        // The next column block's stores to the stage wait until every partial is read.
+        // The next column block's stores to the stage (or with phases its copy of x and its
+        // partials) wait until every partial is read.
         __syncthreads();
     }
 }
@@ -477,44 +560,49 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
 #define GEMV_NARROW_BOUNDS __launch_bounds__(GEMV_THREADS, GEMV_NARROW_BLOCKS)
 #define GEMV_WIDE_BOUNDS __launch_bounds__(GEMV_THREADS)
 
-// x: bf16 bits [m, k], with m equal to M where M > 0; out: f32 or bf16 bits [m, n]. Blocks
-// (column blocks walked, K segment of `segment` chunks): with one segment they write out; with
-// several, `split` receives the values that matmul_split_combine_* combines into out (see
-// matmul_gemv_body). X_BATCH: loads in flight per thread while x is copied to shared memory (4
-// under the narrow pass's register cap, where 8 spill). Only SEGMENTED kernels may be launched
-// with more than one segment.
-#define GEMV_KERNEL(NAME, BOUNDS, PASS, X_MODE, TASK_COLS, X_BATCH, SEGMENTED, M)                 \
-    extern "C" __global__ void BOUNDS NAME##_f32(                                                \
+// x: bf16 bits [m, k], with m equal to M where M > 0; out: f32 or bf16 bits [m, n]. Blocks walk
+// column blocks; K runs in phases of `segment` chunks (see matmul_gemv_body) in the PHASED entry
+// points, and must be one phase (`segment` at least its chunks) in the others. X_BATCH: loads in
+// flight per thread while x is copied to shared memory (4 under the narrow pass's register cap,
+// where 8 spill).
+#define GEMV_ENTRY(NAME, BOUNDS, OUT_T, BF16_OUT, PASS, X_MODE, TASK_COLS, X_BATCH, PHASED, M)   \
+    extern "C" __global__ void BOUNDS NAME(                                                      \
         const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,             \
-        float* __restrict__ out, float* __restrict__ split, unsigned int m, unsigned int n,     \
-        unsigned int k, unsigned int cols, unsigned int segment) {                              \
-        matmul_gemv_body<false, PASS, X_MODE, TASK_COLS, X_BATCH, SEGMENTED, M>(                \
-            x, w, out, split, m, n, k, cols, segment);                                          \
-    }                                                                                            \
-    extern "C" __global__ void BOUNDS NAME##_bf16(                                               \
-        const unsigned short* __restrict__ x, const unsigned short* __restrict__ w,             \
-        unsigned short* __restrict__ out, float* __restrict__ split, unsigned int m,            \
-        unsigned int n, unsigned int k, unsigned int cols, unsigned int segment) {              \
-        matmul_gemv_body<true, PASS, X_MODE, TASK_COLS, X_BATCH, SEGMENTED, M>(                 \
-            x, w, out, split, m, n, k, cols, segment);                                          \
+        OUT_T* __restrict__ out, unsigned int m, unsigned int n, unsigned int k,                \
+        unsigned int cols, unsigned int segment) {                                              \
+        matmul_gemv_body<BF16_OUT, PASS, X_MODE, TASK_COLS, X_BATCH, PHASED, M>(x, w, out, m, n, \
+                                                                               k, cols,         \
+                                                                               segment);        \
     }
+// {NAME}_f32 and {NAME}_bf16, K in one phase.
+#define GEMV_KERNEL(NAME, BOUNDS, PASS, X_MODE, TASK_COLS, X_BATCH, M)                            \
+    GEMV_ENTRY(NAME##_f32, BOUNDS, float, false, PASS, X_MODE, TASK_COLS, X_BATCH, false, M)     \
+    GEMV_ENTRY(NAME##_bf16, BOUNDS, unsigned short, true, PASS, X_MODE, TASK_COLS, X_BATCH,      \
+               false, M)
+// Those and {NAME}_phased_f32 and {NAME}_phased_bf16, K in phases.
+#define GEMV_KERNEL_AND_PHASED(NAME, BOUNDS, PASS, X_MODE, TASK_COLS, X_BATCH, M)                 \
+    GEMV_KERNEL(NAME, BOUNDS, PASS, X_MODE, TASK_COLS, X_BATCH, M)                                \
+    GEMV_ENTRY(NAME##_phased_f32, BOUNDS, float, false, PASS, X_MODE, TASK_COLS, X_BATCH, true,  \
+               M)                                                                                \
+    GEMV_ENTRY(NAME##_phased_bf16, BOUNDS, unsigned short, true, PASS, X_MODE, TASK_COLS,        \
+               X_BATCH, true, M)
 // One row: the 32- and 64-wide passes, compiled for one row. Any rows: x from global memory.
-GEMV_KERNEL(matmul_gemv, GEMV_NARROW_BOUNDS, 32, GEMV_X_BF16, 1, 4, false, 1)
-GEMV_KERNEL(matmul_gemv_wide, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8, false, 1)
-GEMV_KERNEL(matmul_gemv_global_x, GEMV_NARROW_BOUNDS, 32, GEMV_X_GLOBAL, 1, 1, false, 0)
+GEMV_KERNEL(matmul_gemv, GEMV_NARROW_BOUNDS, 32, GEMV_X_BF16, 1, 4, 1)
+GEMV_KERNEL(matmul_gemv_wide, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8, 1)
+GEMV_KERNEL(matmul_gemv_global_x, GEMV_NARROW_BOUNDS, 32, GEMV_X_GLOBAL, 1, 1, 0)
 // Several rows, one kernel per row count (GEMV_ROWS_BY_COUNT on the host mirrors these): the
 // 64-wide pass in one-column tasks, with x as f32 at 2 and 3 rows and as bf16 at 4 to 7 (where
 // f32 would leave one block an SM), and at 8 rows the 32-wide pass in two-column tasks, which
 // spends fewer instructions a product. Each was the fastest measured at its row count over a
 // layer's GEMVs on the H100 (2026-11-24): at 4 rows the 64-wide pass took q/k/v, o, gate/up and
 // down from 206 to 176 µs; at 8 it took 252 against the 32-wide pass's 224.
-GEMV_KERNEL(matmul_gemv_rows2, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8, true, 2)
-GEMV_KERNEL(matmul_gemv_rows3, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8, true, 3)
-GEMV_KERNEL(matmul_gemv_rows4, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 8, true, 4)
-GEMV_KERNEL(matmul_gemv_rows5, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 8, true, 5)
-GEMV_KERNEL(matmul_gemv_rows6, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 8, true, 6)
-GEMV_KERNEL(matmul_gemv_rows7, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 8, true, 7)
-GEMV_KERNEL(matmul_gemv_rows8, GEMV_WIDE_BOUNDS, 32, GEMV_X_BF16, 2, 8, true, 8)
+GEMV_KERNEL_AND_PHASED(matmul_gemv_rows2, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8, 2)
+GEMV_KERNEL_AND_PHASED(matmul_gemv_rows3, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8, 3)
+GEMV_KERNEL_AND_PHASED(matmul_gemv_rows4, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 8, 4)
+GEMV_KERNEL_AND_PHASED(matmul_gemv_rows5, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 8, 5)
+GEMV_KERNEL_AND_PHASED(matmul_gemv_rows6, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 8, 6)
+GEMV_KERNEL_AND_PHASED(matmul_gemv_rows7, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 8, 7)
+GEMV_KERNEL_AND_PHASED(matmul_gemv_rows8, GEMV_WIDE_BOUNDS, 32, GEMV_X_BF16, 2, 8, 8)
 
 // Any k: one thread per (output column j, chunk c), c fastest, writing chunk-major
 // partials[c * m * n + r * n + j]; matmul_split_combine_* combines them.

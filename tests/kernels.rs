@@ -55,7 +55,7 @@ fn matmul_shapes<B: Backend>(b: &B) {
         // More chunks than one CUDA GEMV block holds: the two-launch path.
         (1, 4, 65_792),
         (2, 3, 66_001),
-        // The vectorised GEMV (k a multiple of 8): one and several K segments, several
+        // The vectorised GEMV (k a multiple of 8): one and several K segments or phases, several
         // workgroups, more (row, column) pairs than threads.
         (1, 300, 4096),
         (8, 70, 4096),
@@ -78,9 +78,9 @@ fn matmul_shapes<B: Backend>(b: &B) {
         // Many column blocks of the CUDA GEMV, at one row (its wide pass) and at several.
         (1, 1_000_000, 8),
         (3, 200_000, 24),
-        // Activations over the CUDA GEMV's 64 KB of shared memory: at several rows K is cut
-        // into segments of whole chunks, each copying its part (two and three segments, the last
-        // one shorter, a last chunk of 192); at one row x too large for its f32 copy is copied
+        // Activations over the CUDA GEMV's 64 KB of shared memory: at several rows K runs in
+        // phases of whole chunks, each copying its part (two and three phases, the last one
+        // shorter, a last chunk of 192); at one row x too large for its f32 copy is copied
         // as bf16 (k = 20 000), and one too large for that is read from global memory.
         (5, 37, 8192),
         (3, 40, 24_000),

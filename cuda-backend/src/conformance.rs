@@ -212,15 +212,17 @@ pub const MATMUL_SHAPES: &[(usize, usize, usize)] = &[
     (1, 64, 12288),
     (2, 33, 257),
     (2, 50, 520),
-    // x over the GEMV's 64 KB of shared memory, so K is cut into segments, over several column
-    // blocks (f32 x at 2 rows, bf16 at 4).
+    // x over the GEMV's 64 KB of shared memory, so K runs in phases, over several column
+    // blocks (f32 x at 2 and 3 rows, bf16 at 4 and 8; three phases at 8 rows).
     (2, 80, 12288),
+    (3, 40, 12288),
     (3, 130, 1000),
     (4, 16, 12289),
     (4, 96, 12288),
     (5, 300, 8),
     (7, 96, 4097),
     (8, 40, 576),
+    (8, 70, 12288),
     (9, 70, 257),
     (16, 64, 256),
     (33, 65, 2048),

@@ -64,15 +64,15 @@ enum GemvX {
 }
 
 /// A GEMV kernel pair (`GEMV_KERNEL` in matmul.cu: `{name}_f32` and `{name}_bf16`): its pass
-/// of weights per task, its columns per task, where it reads x from, and whether it may be
-/// launched with K in segments.
+/// of weights per task, its columns per task, where it reads x from, and whether it has a pair
+/// that takes K in phases (`{name}_phased_*`, `GEMV_KERNEL_AND_PHASED`).
 #[derive(Clone, Copy, Debug)]
 struct GemvKernel {
     name: &'static str,
     pass: usize,
     task_cols: usize,
     x: GemvX,
-    segmented: bool,
+    phased: bool,
 }
 
 impl GemvKernel {
@@ -81,14 +81,14 @@ impl GemvKernel {
         pass: usize,
         task_cols: usize,
         x: GemvX,
-        segmented: bool,
+        phased: bool,
     ) -> Self {
         GemvKernel {
             name,
             pass,
             task_cols,
             x,
-            segmented,
+            phased,
         }
     }
 
@@ -99,8 +99,9 @@ impl GemvKernel {
         threads as usize * (self.task_cols * self.pass / 8 + 1) * 16
     }
 
-    /// Dynamic shared memory of x's copy for K segments of `segment` chunks: m rows of the
-    /// segment's elements as bf16, or as f32 with 16 bytes after every chunk.
+    /// Dynamic shared memory of x's copy for K phases of `segment` chunks: m rows of the
+    /// phase's elements as bf16, or as f32 with 16 bytes after every chunk (mirrors
+    /// `gemv_x_units`).
     fn x_bytes(&self, m: usize, k: usize, segment: usize) -> usize {
         let width = k.min(segment * DOT_CHUNK);
         match self.x {
@@ -108,6 +109,24 @@ impl GemvKernel {
             GemvX::SharedBf16 => m * width * 2,
             GemvX::SharedF32 => m * (width * 4 + width.div_ceil(DOT_CHUNK) * 16),
         }
+    }
+
+    /// Dynamic shared memory of the chunk partials' own region, which only a phased launch
+    /// (K in several phases) has: every chunk's partial of each of m rows of `cols` columns, at
+    /// an odd stride (matmul_gemv_body).
+    fn phase_partials_bytes(m: usize, k: usize, segment: usize, cols: usize) -> usize {
+        let chunks = k.div_ceil(DOT_CHUNK);
+        if chunks <= segment {
+            return 0;
+        }
+        m * cols * (chunks | 1) * 4
+    }
+
+    /// All the dynamic shared memory of a block of `threads` threads and `cols` columns.
+    fn shared_bytes(&self, m: usize, k: usize, segment: usize, threads: u32, cols: usize) -> usize {
+        self.stage_bytes(threads)
+            + self.x_bytes(m, k, segment)
+            + Self::phase_partials_bytes(m, k, segment, cols)
     }
 }
 
@@ -120,7 +139,7 @@ const GEMV_ONE_ROW: [GemvKernel; 3] = [
     GemvKernel::new("matmul_gemv_global_x", 32, 1, GemvX::Global, false),
 ];
 /// Several rows: the kernel compiled for the row count (2 to 8, in order; matmul.cu says why
-/// each), with K in segments where its copy of x does not fit, else x from global memory in
+/// each), with K in phases where its copy of x does not fit, else x from global memory in
 /// one-column tasks. (Two-column tasks with x from global memory, and x copies over 64 KB, were
 /// measured no faster on the H100, 2026-11-24.)
 const GEMV_ROWS_BY_COUNT: [GemvKernel; GEMV_MAX_ROWS - 1] = [
@@ -298,7 +317,7 @@ pub struct CudaBackend {
     occupancy: Mutex<HashMap<(usize, u32, usize), usize>>,
     description: String,
     attention_path: AttentionPath,
-    /// At most this many blocks in a one-segment GEMV launch, where set (tests); else one wave.
+    /// At most this many blocks in a GEMV launch, where set (tests); else one wave.
     gemv_max_blocks: Option<usize>,
     /// Recently uploaded index arrays and their device copies, most recent last.
     recent_indices: Mutex<Vec<IndexUpload>>,
@@ -393,18 +412,32 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "matmul_gemv_global_x_bf16",
             "matmul_gemv_rows2_f32",
             "matmul_gemv_rows2_bf16",
+            "matmul_gemv_rows2_phased_f32",
+            "matmul_gemv_rows2_phased_bf16",
             "matmul_gemv_rows3_f32",
             "matmul_gemv_rows3_bf16",
+            "matmul_gemv_rows3_phased_f32",
+            "matmul_gemv_rows3_phased_bf16",
             "matmul_gemv_rows4_f32",
             "matmul_gemv_rows4_bf16",
+            "matmul_gemv_rows4_phased_f32",
+            "matmul_gemv_rows4_phased_bf16",
             "matmul_gemv_rows5_f32",
             "matmul_gemv_rows5_bf16",
+            "matmul_gemv_rows5_phased_f32",
+            "matmul_gemv_rows5_phased_bf16",
             "matmul_gemv_rows6_f32",
             "matmul_gemv_rows6_bf16",
+            "matmul_gemv_rows6_phased_f32",
+            "matmul_gemv_rows6_phased_bf16",
             "matmul_gemv_rows7_f32",
             "matmul_gemv_rows7_bf16",
+            "matmul_gemv_rows7_phased_f32",
+            "matmul_gemv_rows7_phased_bf16",
             "matmul_gemv_rows8_f32",
             "matmul_gemv_rows8_bf16",
+            "matmul_gemv_rows8_phased_f32",
+            "matmul_gemv_rows8_phased_bf16",
             "matmul_chunk_partials",
             "matmul_gemm_f32",
             "matmul_gemm_bf16",
@@ -700,7 +733,7 @@ impl CudaBackend {
         self.attention_path = path;
     }
 
-    /// Caps each K segment's blocks of a GEMV launch below one wave (tests use this to check that
+    /// Caps a GEMV launch's blocks below one wave (tests use this to check that
     /// blocks walking any number of column blocks give the same bits); `None` restores one wave.
     pub fn set_gemv_max_blocks(&mut self, cap: Option<usize>) {
         self.gemv_max_blocks = cap;
@@ -950,79 +983,55 @@ impl CudaBackend {
         let chunks = k.div_ceil(DOT_CHUNK);
         if k.is_multiple_of(8) && chunks <= GEMV_THREADS as usize {
             let (kernel, segment) = self.gemv_plan(m, k);
-            let segments = chunks.div_ceil(segment);
+            let phased = if segment < chunks { "_phased" } else { "" };
             let name = match &*out {
-                Buf::F32(_) => format!("{}_f32", kernel.name),
-                Buf::Bf16(_) => format!("{}_bf16", kernel.name),
+                Buf::F32(_) => format!("{}{phased}_f32", kernel.name),
+                Buf::Bf16(_) => format!("{}{phased}_bf16", kernel.name),
             };
             let f = self.func(&name)?;
-            let x_bytes = kernel.x_bytes(m, k, segment);
-            let cols = self.gemv_columns(f, &kernel, n, segment, segments, x_bytes)?;
+            let cols = self.gemv_columns(f, &kernel, m, n, k, segment)?;
             let threads = gemv_block_threads(cols / kernel.task_cols, segment);
-            // Several segments: value 0 is the first one's running total, value 1 + c - segment
-            // the partial of chunk c of a later one (see matmul.cu).
-            let values = chunks - segment + 1;
-            let split = if segments > 1 {
-                // SAFETY: the GEMV writes all `values` values of every output (see above).
-                Some(unsafe { self.alloc_uninit::<f32>(values * m * n)? })
-            } else {
-                None
-            };
             let args = RawArgs::default()
                 .buf(xb, &self.stream)
                 .buf(ws, &self.stream)
-                .out(out, &self.stream);
-            let args = match &split {
-                Some(v) => args.buf(v, &self.stream),
-                None => args.null(),
-            };
-            let args = args
+                .out(out, &self.stream)
                 .u32(m32)
                 .u32(n32)
                 .u32(k32)
                 .u32(u32_arg(cols, "columns")?)
                 .u32(u32_arg(segment, "segment")?);
-            let shared = kernel.stage_bytes(threads) + x_bytes;
+            let shared = kernel.shared_bytes(m, k, segment, threads, cols);
             // At most one wave of blocks, each walking column blocks blockIdx.x, blockIdx.x +
-            // gridDim.x, … (matmul_gemv_body): a block then copies x once, and its next column
-            // block's first weights are in flight while it combines the current one. H100,
-            // 2026-11-24: tg128 138.4 -> 145.3 tokens/s, tg8@8 625 -> 714; the down projection
-            // at one row 49.8 -> 44.2 µs. With K in segments the wave is shared among them (each
-            // segment's blocks walk its column blocks): the down projection at 2, 4 and 8 rows
-            // 52.7 -> 48.3, 59.6 -> 54.6 and 70.5 -> 64.7 µs, tg8@2, @4 and @8 2% faster.
+            // gridDim.x, … (matmul_gemv_body): a block then copies x once (once a column block
+            // with K in phases), and its next column block's first weights are in flight while it
+            // combines the current one. H100, 2026-11-24: tg128 138.4 -> 145.3 tokens/s, tg8@8
+            // 625 -> 714; the down projection at one row 49.8 -> 44.2 µs.
             let column_blocks = n.div_ceil(cols);
             let wave = self.blocks_per_sm(f, threads, shared)? * self.sm_count;
             let cap = self.gemv_max_blocks.unwrap_or(wave).max(1);
-            let blocks = column_blocks.min(wave.div_ceil(segments)).min(cap);
+            let blocks = column_blocks.min(wave).min(cap);
             let cfg = LaunchConfig {
-                grid_dim: (
-                    u32_arg(blocks, "blocks")?,
-                    u32_arg(segments, "K segments")?,
-                    1,
-                ),
+                grid_dim: (u32_arg(blocks, "blocks")?, 1, 1),
                 block_dim: (threads, 1, 1),
                 shared_mem_bytes: shared as u32,
             };
             // SAFETY: matmul_gemv_*(const unsigned short* x, const unsigned short* w, out*,
-            // float* split, unsigned int m, n, k, cols, segment): the nine arguments in that
-            // order, each pointing at a live value of that type; cols is a multiple of the
-            // kernel's columns per task and its (cols / task_cols) * segment tasks run on at
-            // most GEMV_THREADS threads (its __launch_bounds__); xb holds m*k, w n*k and out m*n
-            // elements, and split (null with one segment, which never touches it) values*m*n;
+            // unsigned int m, n, k, cols, segment): the eight arguments in that order, each
+            // pointing at a live value of that type; cols is a multiple of the kernel's columns
+            // per task and its (cols / task_cols) * segment tasks run on at most GEMV_THREADS
+            // threads (its __launch_bounds__); xb holds m*k, w n*k and out m*n elements;
             // m <= GEMV_MAX_ROWS, and m is the row count the kernel was compiled for where it
             // was compiled for one (gemv_plan picks GEMV_ONE_ROW's first two only at m = 1, and
             // GEMV_ROWS_BY_COUNT's kernel for m); k is a multiple of 8 (16-byte rows) with at
-            // most GEMV_THREADS chunks, as the kernel needs. Its dynamic shared memory is the
-            // weight stage for `threads` (stage_bytes, mirroring GEMV_TASK_UNITS) followed by
-            // the copy of x's segment (x_bytes), within what dynamic_shared_budget opted it
-            // in to (gemv_plan checks). Any number of blocks from 1 to the column blocks covers
-            // every column (block b walks column blocks b, b + gridDim.x, …), and no block waits
-            // for another. The kernel waits for the prior grid before it reads x or writes out or
-            // split, as an overlapped launch requires.
+            // most GEMV_THREADS chunks, as the kernel needs; segment covers all chunks except
+            // for a phased kernel. Its dynamic shared memory is the weight stage for `threads`
+            // (stage_bytes, mirroring GEMV_TASK_UNITS), the copy of x's phase (x_bytes) and,
+            // with several phases, the partials' region (phase_partials_bytes), within what
+            // dynamic_shared_budget opted it in to (gemv_plan checks). Any number of blocks from
+            // 1 to the column blocks covers every column (block b walks column blocks b, b +
+            // gridDim.x, …), and no block waits for another. The kernel waits for the prior grid
+            // before it reads x or writes out, as an overlapped launch requires.
             unsafe { self.launch_overlapping(f, cfg, args, "matmul gemv") }?;
-            if let Some(split) = split {
-                self.combine_in_order(&split, u32_arg(values, "values")?, out, m * n)?;
-            }
             return Ok(());
         }
         let chunks32 = u32_arg(chunks, "chunks")?;
@@ -1043,18 +1052,19 @@ impl CudaBackend {
         self.combine_in_order(&partials, chunks32, out, m * n)
     }
 
-    /// The GEMV kernel for `m` rows of `k`, and the chunks of each of its K segments: the first
+    /// The GEMV kernel for `m` rows of `k`, and the chunks of each of its K phases: the first
     /// of its role's list (`GEMV_ONE_ROW`; for several rows `GEMV_ROWS_BY_COUNT`'s kernel for m,
-    /// then x from global memory) whose copy of x is within
-    /// `GEMV_SHARED_X_MAX` and, with its widest stage, within the device's shared memory: all of
-    /// x (one segment), or for a kernel that takes segments (the several-row one; at one row
-    /// they measured slower, H100 2026-11-24), segments as long as fit, as few as can be, of
-    /// equal length. The last of each list reads x from global memory.
+    /// then x from global memory) whose copy of x is within `GEMV_SHARED_X_MAX` and, with its
+    /// widest block, within the device's shared memory: all of x (one phase), or for a kernel
+    /// that takes phases (the several-row one; at one row K segments measured slower, H100
+    /// 2026-11-24), phases as long as fit, as few as can be, of equal length. The last of each
+    /// list reads x from global memory.
     fn gemv_plan(&self, m: usize, k: usize) -> (GemvKernel, usize) {
         let chunks = k.div_ceil(DOT_CHUNK);
         let fits = |g: &GemvKernel, segment: usize| {
-            let x = g.x_bytes(m, k, segment);
-            x <= GEMV_SHARED_X_MAX && g.stage_bytes(GEMV_THREADS) + x <= self.gemv_shared_max
+            let widest_cols = GEMV_THREADS as usize / segment * g.task_cols;
+            g.x_bytes(m, k, segment) <= GEMV_SHARED_X_MAX
+                && g.shared_bytes(m, k, segment, GEMV_THREADS, widest_cols) <= self.gemv_shared_max
         };
         let rows;
         let list: &[GemvKernel] = if m == 1 {
@@ -1072,7 +1082,7 @@ impl CudaBackend {
             if g.x == GemvX::Global || fits(g, chunks) {
                 return (*g, chunks);
             }
-            if g.segmented {
+            if g.phased {
                 if let Some(longest) = (1..chunks).rev().find(|&s| fits(g, s)) {
                     return (*g, chunks.div_ceil(chunks.div_ceil(longest)));
                 }
@@ -1082,8 +1092,8 @@ impl CudaBackend {
     }
 
     /// Output columns per GEMV block: `task_cols` times the column groups, of which a block of
-    /// `GEMV_THREADS / chunks` groups uses the most threads (`chunks` a segment's, each of the
-    /// `segments` K segments a block of its own). Fewer groups can fill the device's waves of
+    /// `GEMV_THREADS / segment` groups uses the most threads (`segment` the chunks of a K
+    /// phase). Fewer groups can fill the device's waves of
     /// blocks better, which the driver's occupancy calculator tells; ties keep the wider block.
     /// The down projection of Qwen3-8B at one row (48 chunks) in blocks of 5 columns ran 820
     /// blocks, 3.1 waves of the 264 the H100 holds, the last one a tenth full; 4 columns make 3.9
@@ -1100,22 +1110,23 @@ impl CudaBackend {
         &self,
         f: &CudaFunction,
         kernel: &GemvKernel,
+        m: usize,
         n: usize,
-        chunks: usize,
-        segments: usize,
-        x_bytes: usize,
+        k: usize,
+        segment: usize,
     ) -> Result<usize> {
-        let widest = GEMV_THREADS as usize / chunks;
+        let widest = GEMV_THREADS as usize / segment;
         // Waves of blocks of `groups` column groups.
         let waves = |groups: usize| -> Result<f64> {
-            let threads = gemv_block_threads(groups, chunks);
-            let per_sm = self.blocks_per_sm(f, threads, kernel.stage_bytes(threads) + x_bytes)?;
-            let blocks = n.div_ceil(groups * kernel.task_cols) * segments;
-            Ok(blocks as f64 / (per_sm * self.sm_count) as f64)
+            let threads = gemv_block_threads(groups, segment);
+            let cols = groups * kernel.task_cols;
+            let shared = kernel.shared_bytes(m, k, segment, threads, cols);
+            let per_sm = self.blocks_per_sm(f, threads, shared)?;
+            Ok(n.div_ceil(cols) as f64 / (per_sm * self.sm_count) as f64)
         };
         let every_block = (1..=widest)
             .rev()
-            .filter(|&g| g == widest || g * chunks >= GEMV_MIN_WARPS * 32);
+            .filter(|&g| g == widest || g * segment >= GEMV_MIN_WARPS * 32);
         let candidates: Vec<usize> = if kernel.task_cols == 1 && waves(widest)? >= 2.0 {
             vec![widest, widest.saturating_sub(1).max(1)]
         } else {

@@ -1,5 +1,5 @@
-//! Assembly of CUDA sources: generated constants, then `numerics.cuh` and
-//! `dependent_launch.cuh`, then the kernel family.
+//! Assembly of CUDA sources: generated constants, then `numerics.cuh`, `dependent_launch.cuh`
+//! and `async_copy.cuh`, then the kernel family.
 //! The CUDA backend compiles each family with NVRTC (see `ditto-cuda`).
 
 use crate::SourceConstant;
@@ -11,8 +11,11 @@ pub const NUMERICS: &str = include_str!("../numerics.cuh");
 /// The launch-overlap helpers (programmatic dependent launch); see `dependent_launch.cuh`.
 pub const DEPENDENT_LAUNCH: &str = include_str!("../dependent_launch.cuh");
 
+/// Copies from global to shared memory that hold no registers (cp.async); see `async_copy.cuh`.
+pub const ASYNC_COPY: &str = include_str!("../async_copy.cuh");
+
 /// Every CUDA kernel family of the contract, by name. Each is compiled as
-/// `constants() + NUMERICS + DEPENDENT_LAUNCH + source`.
+/// `constants() + NUMERICS + DEPENDENT_LAUNCH + ASYNC_COPY + source`.
 pub const KERNELS: &[(&str, &str)] = &[
     ("embedding", include_str!("../embedding.cu")),
     ("rms_norm", include_str!("../rms_norm.cu")),
@@ -45,10 +48,11 @@ pub const DEFAULT_MODE_KERNELS: &[(&str, &str)] =
 pub fn source(name: &str) -> Option<String> {
     let kernel = KERNELS.iter().find(|(n, _)| *n == name)?.1;
     Some(format!(
-        "{}{}\n{}\n{}",
+        "{}{}\n{}\n{}\n{}",
         constants(),
         NUMERICS,
         DEPENDENT_LAUNCH,
+        ASYNC_COPY,
         kernel
     ))
 }
