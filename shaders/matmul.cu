@@ -68,9 +68,9 @@ __device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
 // turn for each of its column blocks: it copies only the phase's window of x, keeps each
 // phase's chunk partials in shared memory of their own, and combines all of them in ascending
 // order at the column block's end. (The down projection of Qwen3-8B at 8 rows, 196 KB of x, ran
-// at a quarter of its read ceiling from global memory. Its K segments as blocks of their own,
-// combined by a second launch, took 61.3 µs at 8 rows and 55.4 at 4, against 37.5 at one row:
-// H100, 2026-11-24.)
+// at a quarter of its read ceiling from global memory. Run as K segments in blocks of their own,
+// whose partials a second launch combined, it took 54.2 µs at 4 rows and 61.6 at 8; as phases,
+// 42.1 and 55.8, and tg8@4 and tg8@8 gained 4.5% and 1.3%: H100, 2026-11-25.)
 
 // Where a GEMV block reads x from: global memory after a prefetch of every line to L1; a copy
 // in shared memory as bf16; or a copy in shared memory unpacked to f32, which saves the unpacking
@@ -595,7 +595,10 @@ GEMV_KERNEL(matmul_gemv_global_x, GEMV_NARROW_BOUNDS, 32, GEMV_X_GLOBAL, 1, 1, 0
 // f32 would leave one block an SM), and at 8 rows the 32-wide pass in two-column tasks, which
 // spends fewer instructions a product. Each was the fastest measured at its row count over a
 // layer's GEMVs on the H100 (2026-11-24): at 4 rows the 64-wide pass took q/k/v, o, gate/up and
-// down from 206 to 176 µs; at 8 it took 252 against the 32-wide pass's 224.
+// down from 206 to 176 µs; at 8 it took 252 against the 32-wide pass's 224. Their one-phase
+// entry points copy x through registers: by asynchronous copies the 8-row kernel needs only 127
+// registers, so two blocks share an SM, and gate/up took 120.5 µs against 92.0 (H100,
+// 2026-11-25; 4 rows gained under 1%).
 GEMV_KERNEL_AND_PHASED(matmul_gemv_rows2, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8, 2)
 GEMV_KERNEL_AND_PHASED(matmul_gemv_rows3, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8, 3)
 GEMV_KERNEL_AND_PHASED(matmul_gemv_rows4, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 8, 4)
