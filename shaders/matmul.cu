@@ -54,8 +54,9 @@ __device__ __forceinline__ void gemv_chunk(const unsigned short* __restrict__ x,
 // and the loads of the next pass are in flight while the current pass is added. Activations
 // come pre-rounded to bf16, read 8 at a time. A pass of 64 (whole 128-byte lines per task)
 // streams weights faster at one row, at every model shape once x is in shared memory (H100,
-// 2026-11-23: down 64 -> 54 us, tg128 122 -> 128 tokens/s); 32 needs fewer registers, which
-// suits several rows.
+// 2026-11-23: down 64 -> 54 us, tg128 122 -> 128 tokens/s), and at 4 and 8 rows (the kernel
+// list below); 32 needs fewer registers, which lets the one-row narrow kernel hold four blocks
+// an SM.
 //
 // Activations: every block reads all of x (m x k), each value once per warp that needs it, so
 // from global memory nearly every read missed L1 and a lane waited out an L2 round trip per
@@ -592,10 +593,13 @@ GEMV_KERNEL(matmul_gemv_wide, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8, 1)
 GEMV_KERNEL(matmul_gemv_global_x, GEMV_NARROW_BOUNDS, 32, GEMV_X_GLOBAL, 1, 1, 0)
 // Several rows, one kernel per row count (GEMV_ROWS_BY_COUNT on the host mirrors these): the
 // 64-wide pass in one-column tasks, with x as f32 at 2 and 3 rows and as bf16 at 4 to 7 (where
-// f32 would leave one block an SM), and at 8 rows the 32-wide pass in two-column tasks, which
+// f32 would leave one block an SM), and at 8 rows the 64-wide pass in two-column tasks, which
 // spends fewer instructions a product. Each was the fastest measured at its row count over a
 // layer's GEMVs on the H100 (2026-11-24): at 4 rows the 64-wide pass took q/k/v, o, gate/up and
-// down from 206 to 176 µs; at 8 it took 252 against the 32-wide pass's 224. Their one-phase
+// down from 206 to 176 µs; at 8 its one-column tasks took 252 against 224 for the 32-wide pass
+// in two-column tasks. The 64-wide pass in two-column tasks (238 registers, one block an SM)
+// then took o, gate/up and down at 8 rows from 19.8, 93.0 and 56.2 µs to 18.7, 88.0 and 53.4
+// (H100, 2026-11-25). Their one-phase
 // entry points copy x through registers: by asynchronous copies the 8-row kernel needs only 127
 // registers, so two blocks share an SM, and gate/up took 120.5 µs against 92.0 (H100,
 // 2026-11-25; 4 rows gained under 1%).
@@ -605,7 +609,7 @@ GEMV_KERNEL_AND_PHASED(matmul_gemv_rows4, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 
 GEMV_KERNEL_AND_PHASED(matmul_gemv_rows5, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 8, 5)
 GEMV_KERNEL_AND_PHASED(matmul_gemv_rows6, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 8, 6)
 GEMV_KERNEL_AND_PHASED(matmul_gemv_rows7, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 8, 7)
-GEMV_KERNEL_AND_PHASED(matmul_gemv_rows8, GEMV_WIDE_BOUNDS, 32, GEMV_X_BF16, 2, 8, 8)
+GEMV_KERNEL_AND_PHASED(matmul_gemv_rows8, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 2, 8, 8)
 
 // Any k: one thread per (output column j, chunk c), c fastest, writing chunk-major
 // partials[c * m * n + r * n + j]; matmul_split_combine_* combines them.

@@ -149,7 +149,7 @@ const GEMV_ROWS_BY_COUNT: [GemvKernel; GEMV_MAX_ROWS - 1] = [
     GemvKernel::new("matmul_gemv_rows5", 64, 1, GemvX::SharedBf16, true),
     GemvKernel::new("matmul_gemv_rows6", 64, 1, GemvX::SharedBf16, true),
     GemvKernel::new("matmul_gemv_rows7", 64, 1, GemvX::SharedBf16, true),
-    GemvKernel::new("matmul_gemv_rows8", 32, 2, GemvX::SharedBf16, true),
+    GemvKernel::new("matmul_gemv_rows8", 64, 2, GemvX::SharedBf16, true),
 ];
 
 /// Mirror `GEMM_BM`, `GEMM_BN`, `GEMM_THREADS` and `GEMM_TOTALS_BYTES` in matmul.cu.
@@ -1098,10 +1098,12 @@ impl CudaBackend {
     /// The down projection of Qwen3-8B at one row (48 chunks) in blocks of 5 columns ran 820
     /// blocks, 3.1 waves of the 264 the H100 holds, the last one a tenth full; 4 columns make 3.9
     /// waves (H100, 2026-11-23: tg128 124.2 -> 126.2 tokens/s). The blocks compared:
-    /// - one-column tasks (1 to 7 rows) whose widest block makes two waves or more: that block and
-    ///   one group fewer. Over many waves a fuller last wave is worth less than a wide block:
-    ///   every block size of four warps or more made the output head 22% slower and gate/up 8%
-    ///   (H100, 2026-11-24);
+    /// - where the widest block makes two waves or more: that block and one group fewer. Over
+    ///   many waves a fuller last wave is worth less than a wide block: with one-column tasks
+    ///   (1 to 7 rows), every block size of four warps or more made the output head 22% slower
+    ///   and gate/up 8% (H100, 2026-11-24); at 8 rows, in passes of 64 weights, the output head
+    ///   took 11 groups (176 threads, 1.000 of its last wave against 0.97) and 218 µs against
+    ///   180 (H100, 2026-11-25);
     /// - otherwise every block of at least `GEMV_MIN_WARPS` warps, since each block copies its
     ///   part of x: without that floor several-column tasks took smaller blocks that were up to
     ///   twice as slow (o at 4 rows 61.7 against 30.9 µs, the output head at 8 rows 597 against
@@ -1127,7 +1129,7 @@ impl CudaBackend {
         let every_block = (1..=widest)
             .rev()
             .filter(|&g| g == widest || g * segment >= GEMV_MIN_WARPS * 32);
-        let candidates: Vec<usize> = if kernel.task_cols == 1 && waves(widest)? >= 2.0 {
+        let candidates: Vec<usize> = if waves(widest)? >= 2.0 {
             vec![widest, widest.saturating_sub(1).max(1)]
         } else {
             every_block.collect()
