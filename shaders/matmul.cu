@@ -303,6 +303,27 @@ __device__ __forceinline__ void gemv_prefetch_first_rows(const unsigned short* _
 #endif
 }
 
+// A task's partial sums of one chunk (`chunk`, of all of K) into `partials`: the sum of row r
+// and task column t at (r * cols + group * TASK_COLS + t) * stride + chunk, for the rows of x
+// and the columns inside n.
+template <int ROWS, int TASK_COLS, int M>
+__device__ __forceinline__ void gemv_store_partials(float* partials,
+                                                    const float (&acc)[ROWS][TASK_COLS],
+                                                    unsigned int m, unsigned int n,
+                                                    unsigned int cols, unsigned int group,
+                                                    unsigned long long first_col,
+                                                    unsigned int stride, unsigned int chunk) {
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+#pragma unroll
+        for (int t = 0; t < TASK_COLS; ++t) {
+            if ((M > 0 || r < (int)m) && first_col + t < n) {
+                partials[(r * cols + group * TASK_COLS + t) * stride + chunk] = acc[r][t];
+            }
+        }
+    }
+}
+
 // One task is one chunk of TASK_COLS adjacent columns, so that each activation a lane unpacks is
 // used for TASK_COLS columns. At several rows the one-column task spends four instructions per
 // product, as it unpacks x for each (Nsight on the H100, 2026-11-24, gate/up at 8 rows: 101.6M
@@ -454,16 +475,9 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
             // Not the last phase: its partials to their region, the next phase's first weight
             // loads out, and, once every warp is done with it, x's window replaced.
             if (active) {
-#pragma unroll
-                for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-                    for (int t = 0; t < TASK_COLS; ++t) {
-                        if ((M > 0 || r < (int)m) && first_col + t < n) {
-                            partials[(r * cols + group * TASK_COLS + t) * stride +
-                                     win.begin / DOT_CHUNK + c] = acc[r][t];
-                        }
-                    }
-                }
+                gemv_store_partials<ROWS, TASK_COLS, M>(partials, acc, m, n, cols, group,
+                                                        first_col, stride,
+                                                        win.begin / DOT_CHUNK + c);
             }
             win = gemv_phase_window(phase, segment, chunks, k);
             start = win.begin + c * DOT_CHUNK;
@@ -480,16 +494,8 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
         bool more = block < column_blocks;
         if (PHASED && this_active) {
             // The last phase's partials, beside the others.
-#pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-                for (int t = 0; t < TASK_COLS; ++t) {
-                    if ((M > 0 || r < (int)m) && this_first_col + t < n) {
-                        partials[(r * cols + group * TASK_COLS + t) * stride + this_first_chunk +
-                                 c] = acc[r][t];
-                    }
-                }
-            }
+            gemv_store_partials<ROWS, TASK_COLS, M>(partials, acc, m, n, cols, group,
+                                                    this_first_col, stride, this_first_chunk + c);
         }
         if (more) {
             // The next column block's first loads go out before this one's partials are combined.
@@ -512,15 +518,8 @@ __device__ __forceinline__ void matmul_gemv_body(const unsigned short* __restric
             // The partials reuse the stage (it holds at least 64 bytes a task column:
             // GEMV_MAX_ROWS floats for each, padded as below).
             if (this_active) {
-#pragma unroll
-                for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-                    for (int t = 0; t < TASK_COLS; ++t) {
-                        if ((M > 0 || r < (int)m) && this_first_col + t < n) {
-                            partials[(r * cols + group * TASK_COLS + t) * stride + c] = acc[r][t];
-                        }
-                    }
-                }
+                gemv_store_partials<ROWS, TASK_COLS, M>(partials, acc, m, n, cols, group,
+                                                        this_first_col, stride, c);
             }
             __syncthreads();
         }
