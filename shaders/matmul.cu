@@ -128,7 +128,7 @@ __device__ __forceinline__ unsigned int gemv_x_units(unsigned int m, GemvXWindow
 // Makes x readable by gemv_x8 from where X_MODE says; `shared_x` is the dynamic shared memory
 // after the stage (gemv_x_units of it). X_BATCH 0 copies a bf16 window by asynchronous copies,
 // which hold no registers: a phased GEMV copies inside its loops, where X_BATCH loads in
-// registers took the several-row kernels from 124-149 registers to 168-196 (ptxas 13.0).
+// registers took the several-row kernels from 124-149 registers to 156-196 (ptxas 13.0).
 template <int X_MODE, int X_BATCH>
 __device__ __forceinline__ const void* gemv_activations(const unsigned short* x, uint4* shared_x,
                                                         unsigned int m, unsigned int k,

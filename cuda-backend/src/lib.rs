@@ -1101,9 +1101,10 @@ impl CudaBackend {
     /// - where the widest block makes two waves or more: that block and one group fewer. Over
     ///   many waves a fuller last wave is worth less than a wide block: with one-column tasks
     ///   (1 to 7 rows), every block size of four warps or more made the output head 22% slower
-    ///   and gate/up 8% (H100, 2026-11-24); at 8 rows, in passes of 64 weights, the output head
-    ///   took 11 groups (176 threads, 1.000 of its last wave against 0.97) and 218 µs against
-    ///   180 (H100, 2026-11-25);
+    ///   and gate/up 8% (H100, 2026-11-24); at 8 rows, in passes of 64 weights, every width
+    ///   was a candidate, which scores 11 groups best for the output head (176 threads, its last
+    ///   wave 0.996 full against 0.970), and it took 218 µs; held to these two, 167 (H100,
+    ///   2026-11-25; 180 in passes of 32);
     /// - otherwise every block of at least `GEMV_MIN_WARPS` warps, since each block copies its
     ///   part of x: without that floor several-column tasks took smaller blocks that were up to
     ///   twice as slow (o at 4 rows 61.7 against 30.9 µs, the output head at 8 rows 597 against
