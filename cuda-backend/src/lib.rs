@@ -111,15 +111,20 @@ impl GemvKernel {
         }
     }
 
+    /// Whether K of `k` in phases of `segment` chunks takes more than one, so that the launch
+    /// needs the `_phased_*` entry points.
+    fn is_phased(k: usize, segment: usize) -> bool {
+        segment < k.div_ceil(DOT_CHUNK)
+    }
+
     /// Dynamic shared memory of the chunk partials' own region, which only a phased launch
-    /// (K in several phases) has: every chunk's partial of each of m rows of `cols` columns, at
-    /// an odd stride (matmul_gemv_body).
+    /// has: every chunk's partial of each of m rows of `cols` columns, at an odd stride
+    /// (matmul_gemv_body).
     fn phase_partials_bytes(m: usize, k: usize, segment: usize, cols: usize) -> usize {
-        let chunks = k.div_ceil(DOT_CHUNK);
-        if chunks <= segment {
+        if !Self::is_phased(k, segment) {
             return 0;
         }
-        m * cols * (chunks | 1) * 4
+        m * cols * (k.div_ceil(DOT_CHUNK) | 1) * 4
     }
 
     /// All the dynamic shared memory of a block of `threads` threads and `cols` columns.
@@ -983,7 +988,11 @@ impl CudaBackend {
         let chunks = k.div_ceil(DOT_CHUNK);
         if k.is_multiple_of(8) && chunks <= GEMV_THREADS as usize {
             let (kernel, segment) = self.gemv_plan(m, k);
-            let phased = if segment < chunks { "_phased" } else { "" };
+            let phased = if GemvKernel::is_phased(k, segment) {
+                "_phased"
+            } else {
+                ""
+            };
             let name = match &*out {
                 Buf::F32(_) => format!("{}{phased}_f32", kernel.name),
                 Buf::Bf16(_) => format!("{}{phased}_bf16", kernel.name),
