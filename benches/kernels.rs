@@ -124,6 +124,9 @@ fn parse_options() -> std::result::Result<Options, String> {
     Ok(o)
 }
 
+/// Dispatches a `dispatch chain` call queues.
+const DISPATCH_CHAIN: usize = 256;
+
 /// What one measured operation moves and computes.
 struct Work {
     op: String,
@@ -327,6 +330,41 @@ fn bench_backend<B: Backend>(
                 (x, w)
             };
             b.rms_norm(x, w, rows_n, s.hidden, 1e-6)
+        };
+        measure(work, None, &run)?;
+    }
+
+    // A chain of dependent dispatches that compute almost nothing: what every kernel of a decode
+    // step pays before and after its own work (its launch or dispatch, the barrier or drain after
+    // the kernel before it). A decode step of Qwen3-8B runs about 290 such kernels, one after
+    // another.
+    {
+        let x = rng.f32s(s.hidden, 1.0);
+        let upload = |b: &B| -> Result<(B::Tensor, B::Tensor)> {
+            Ok((b.upload_f32(&x)?, b.upload_f32(&x)?))
+        };
+        let ti = upload(invariant)?;
+        let td = default.map(upload).transpose()?;
+        let work = Work {
+            op: "dispatch chain".into(),
+            shape: format!(
+                "{DISPATCH_CHAIN} dependent adds of {} (time ÷ {DISPATCH_CHAIN} a dispatch)",
+                s.hidden
+            ),
+            bytes: (DISPATCH_CHAIN * s.hidden * 12) as f64,
+            flops: 0.0,
+        };
+        let run = |b: &B| {
+            let (a, one) = if std::ptr::eq(b, invariant) {
+                &ti
+            } else {
+                td.as_ref().expect("default tensors")
+            };
+            let mut sum = b.add(a, one)?;
+            for _ in 1..DISPATCH_CHAIN {
+                sum = b.add(&sum, one)?;
+            }
+            Ok(sum)
         };
         measure(work, None, &run)?;
     }

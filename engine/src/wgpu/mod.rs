@@ -23,7 +23,7 @@ use std::sync::{mpsc, Arc, Mutex, Weak};
 use wgpu::util::DeviceExt;
 
 mod profile;
-use profile::{Profiler, PROFILE_VAR};
+use profile::{Granularity, Profiler, PROFILE_VAR};
 
 /// A tensor in device memory.
 #[derive(Clone, Debug)]
@@ -330,17 +330,19 @@ impl WgpuBackend {
         // The default limits (128 MiB bindings, 256 MiB buffers) are too small for real weights:
         // ask for everything the adapter has.
         let limits = adapter.limits();
-        let profiling = std::env::var_os(PROFILE_VAR).is_some_and(|v| v != "0");
-        let features = if profiling {
-            if !adapter.features().contains(Profiler::features()) {
-                return Err(Error::Device(format!(
-                    "{PROFILE_VAR} needs timestamp queries inside compute passes, which {} lacks",
-                    info.name
-                )));
+        let profiling = Granularity::from_env();
+        let features = match profiling {
+            Some(granularity) => {
+                let needed = Profiler::features(granularity);
+                if !adapter.features().contains(needed) {
+                    return Err(Error::Device(format!(
+                        "{PROFILE_VAR}: {} lacks the timestamp queries it needs ({needed:?})",
+                        info.name
+                    )));
+                }
+                needed
             }
-            Profiler::features()
-        } else {
-            wgpu::Features::empty()
+            None => wgpu::Features::empty(),
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("ditto"),
@@ -351,7 +353,7 @@ impl WgpuBackend {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::Device(format!("{}: cannot open device: {e}", info.name)))?;
-        let profiler = profiling.then(|| Profiler::new(&device, &queue, MAX_BATCH));
+        let profiler = profiling.map(|g| Profiler::new(&device, &queue, g, MAX_BATCH));
         Ok(WgpuBackend {
             device,
             queue,
@@ -652,7 +654,10 @@ impl WgpuBackend {
         let pass = recorder.pass.get_or_insert_with(|| {
             recorder
                 .encoder
-                .begin_compute_pass(&wgpu::ComputePassDescriptor::default())
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: self.profiler.as_ref().and_then(Profiler::pass_timestamps),
+                })
                 .forget_lifetime()
         });
         pass.set_pipeline(&kernel.pipeline);
