@@ -22,7 +22,7 @@ use ditto::engine::cpu::CpuBackend;
 use ditto::engine::wgpu::WgpuBackend;
 use ditto::engine::{AttnGeometry, AttnSeq, Backend, DType, KernelMode, MatmulShape, Result};
 use ditto::shaders::contract;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The dimensions the benchmark takes from a model.
 #[derive(Clone, Copy)]
@@ -157,17 +157,30 @@ struct Ceilings {
     bf16_flops: Option<f64>,
 }
 
-/// Seconds per call of `op` on `b`: a warm-up call, then `reps` calls queued back to back and
-/// one wait for the last (`finish`), so launch overhead counts as it does in a model. Also
-/// returns the host's share: seconds per call spent queuing (before the wait).
+/// How long `time_op` keeps the device busy before it times: an idle GPU lowers its clocks,
+/// and the NVIDIA Vulkan driver raised them back only after the first timed calls (H100,
+/// 2026-11-25: the SM clock at 345 MHz in a third of the wgpu kernel bench's samples, and the
+/// same one-row GEMV measured 104 µs in one run and 255 in another).
+const WARM_UP: Duration = Duration::from_millis(250);
+
+/// Seconds per call of `op` on `b`: warm-up calls for at least [`WARM_UP`] (one at least), then
+/// `reps` calls queued back to back and one wait for the last (`finish`), so launch overhead
+/// counts as it does in a model. Also returns the host's share: seconds per call spent queuing
+/// (before the wait).
 fn time_op<B: Backend>(
     b: &B,
     reps: usize,
     finish: &dyn Fn(&B, &B::Tensor) -> Result<()>,
     op: &mut dyn FnMut() -> Result<B::Tensor>,
 ) -> Result<(f64, f64)> {
-    let warm = op()?;
-    finish(b, &warm)?;
+    let warming = Instant::now();
+    loop {
+        let warm = op()?;
+        finish(b, &warm)?;
+        if warming.elapsed() >= WARM_UP {
+            break;
+        }
+    }
     let start = Instant::now();
     let mut last = op()?;
     for _ in 1..reps {
@@ -334,10 +347,12 @@ fn bench_backend<B: Backend>(
         measure(work, None, &run)?;
     }
 
-    // A chain of dependent dispatches that compute almost nothing: what every kernel of a decode
-    // step pays before and after its own work (its launch or dispatch, the barrier or drain after
-    // the kernel before it). A decode step of Qwen3-8B runs about 290 such kernels, one after
-    // another.
+    // Dispatches that compute almost nothing, 256 a call: what every kernel of a decode step
+    // pays before and after its own work. A decode step of Qwen3-8B runs about 290 kernels, each
+    // waiting for the one before it (its launch or dispatch, and the barrier or drain after the
+    // kernel before it): the dependent chain measures that. The independent dispatches (each
+    // reading the same inputs into an output of its own, all kept) need no barrier between
+    // them, which tells what the barrier costs.
     {
         let x = rng.f32s(s.hidden, 1.0);
         let upload = |b: &B| -> Result<(B::Tensor, B::Tensor)> {
@@ -345,28 +360,37 @@ fn bench_backend<B: Backend>(
         };
         let ti = upload(invariant)?;
         let td = default.map(upload).transpose()?;
-        let work = Work {
-            op: "dispatch chain".into(),
-            shape: format!(
-                "{DISPATCH_CHAIN} dependent adds of {} (time ÷ {DISPATCH_CHAIN} a dispatch)",
-                s.hidden
-            ),
-            bytes: (DISPATCH_CHAIN * s.hidden * 12) as f64,
-            flops: 0.0,
-        };
-        let run = |b: &B| {
-            let (a, one) = if std::ptr::eq(b, invariant) {
-                &ti
-            } else {
-                td.as_ref().expect("default tensors")
+        for dependent in [true, false] {
+            let work = Work {
+                op: "dispatch chain".into(),
+                shape: format!(
+                    "{DISPATCH_CHAIN} {} adds of {} (time ÷ {DISPATCH_CHAIN} a dispatch)",
+                    if dependent {
+                        "dependent"
+                    } else {
+                        "independent"
+                    },
+                    s.hidden
+                ),
+                bytes: (DISPATCH_CHAIN * s.hidden * 12) as f64,
+                flops: 0.0,
             };
-            let mut sum = b.add(a, one)?;
-            for _ in 1..DISPATCH_CHAIN {
-                sum = b.add(&sum, one)?;
-            }
-            Ok(sum)
-        };
-        measure(work, None, &run)?;
+            let run = |b: &B| {
+                let (a, one) = if std::ptr::eq(b, invariant) {
+                    &ti
+                } else {
+                    td.as_ref().expect("default tensors")
+                };
+                let mut sum = b.add(a, one)?;
+                let mut kept = Vec::with_capacity(DISPATCH_CHAIN);
+                for _ in 1..DISPATCH_CHAIN {
+                    let next = b.add(if dependent { &sum } else { a }, one)?;
+                    kept.push(std::mem::replace(&mut sum, next));
+                }
+                Ok(sum)
+            };
+            measure(work, None, &run)?;
+        }
     }
 
     // Attention over a paged cache: decode of 1 and of 8 sequences, and a 512-token prefill.
