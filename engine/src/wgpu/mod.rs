@@ -1000,10 +1000,17 @@ impl Backend for WgpuBackend {
     }
 
     fn upload_bf16(&self, bits: &[u16]) -> Result<WgpuTensor> {
-        // Little-endian bytes put element 2w in the low half of word w, as the kernels expect
-        // (WGSL storage is little-endian on every platform wgpu supports).
-        let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
-        let buffer = self.buffer_with(&bytes, "bf16 upload")?;
+        // Element 2w must be the low half of word w, as the kernels read it: WGSL storage is
+        // little-endian on every platform wgpu supports, so a little-endian host's memory is
+        // already that layout (as upload_f32 takes it), and only a big-endian one must reorder.
+        let reordered: Vec<u8>;
+        let bytes: &[u8] = if cfg!(target_endian = "little") {
+            bytemuck::cast_slice(bits)
+        } else {
+            reordered = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+            &reordered
+        };
+        let buffer = self.buffer_with(bytes, "bf16 upload")?;
         Ok(self.tensor(buffer, bits.len(), DType::Bf16))
     }
 
