@@ -598,10 +598,9 @@ GEMV_KERNEL(matmul_gemv_global_x, GEMV_NARROW_BOUNDS, 32, GEMV_X_GLOBAL, 1, 1, 0
 // down from 206 to 176 µs; at 8 its one-column tasks took 252 against 224 for the 32-wide pass
 // in two-column tasks. The 64-wide pass in two-column tasks (238 registers, one block an SM)
 // then took o, gate/up and down at 8 rows from 19.8, 93.0 and 56.2 µs to 18.7, 88.0 and 53.4
-// (H100, 2026-11-25). Their one-phase
-// entry points copy x through registers: by asynchronous copies the 8-row kernel needs only 127
-// registers, so two blocks share an SM, and gate/up took 120.5 µs against 92.0 (H100,
-// 2026-11-25; 4 rows gained under 1%).
+// (H100, 2026-11-25). Their one-phase entry points copy x through registers: by asynchronous
+// copies the 8-row kernel needs only 127 registers, so two blocks share an SM, and gate/up took
+// 120.5 µs against 92.0 (H100, 2026-11-25; 4 rows gained under 1%).
 GEMV_KERNEL_AND_PHASED(matmul_gemv_rows2, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8, 2)
 GEMV_KERNEL_AND_PHASED(matmul_gemv_rows3, GEMV_WIDE_BOUNDS, 64, GEMV_X_F32, 1, 8, 3)
 GEMV_KERNEL_AND_PHASED(matmul_gemv_rows4, GEMV_WIDE_BOUNDS, 64, GEMV_X_BF16, 1, 8, 4)
